@@ -1,0 +1,27 @@
+"Run every notebook in nbs/ with nbdev's own runner, one pytest item per notebook, honouring tst_flags."
+import os
+from pathlib import Path
+import pytest
+from nbdev.config import get_config
+from nbdev.test import test_nb as run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT/'nbs'
+
+def _notebooks():
+    for p in sorted(NBS.rglob('*.ipynb')):
+        rel = p.relative_to(NBS)
+        if any(part.startswith(('_', '.')) for part in rel.parts) or 'runs' in rel.parts: continue
+        yield p
+
+def _skip_flags():
+    "The flags in settings.ini's tst_flags, less any forced on with DFLAB_TEST_FLAGS (e.g. 'slow')."
+    flags = get_config(path=ROOT).get('tst_flags', '').split()
+    forced = os.environ.get('DFLAB_TEST_FLAGS', '').split()
+    return [f for f in flags if f not in forced], forced
+
+@pytest.mark.parametrize('nb', list(_notebooks()), ids=lambda p: str(p.relative_to(NBS)))
+def test_notebook(nb):
+    skip, force = _skip_flags()
+    ok, secs = run_notebook(nb, skip_flags=skip, force_flags=force, basepath=ROOT)
+    assert ok, f"{nb.relative_to(ROOT)} failed (its traceback is in the captured stderr above)"
