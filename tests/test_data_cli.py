@@ -75,3 +75,26 @@ def test_bad_file_in_a_dataloader_worker_names_the_file(tmp_path):
     dl = torch.utils.data.DataLoader(ForensicDataset(m), batch_size=1, num_workers=2)
     with pytest.raises(DflabError, match='2.png'):
         for _ in dl: pass
+
+ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.mark.parametrize('script', ['dflip3k', 'ffpp', 'df40', 'genimage', 'ufd'])
+def test_data_prep_scripts_document_their_layout(script):
+    r = subprocess.run([sys.executable, ROOT/'data_prep'/f'{script}.py', '--help'], capture_output=True, text=True)
+    assert r.returncode == 0 and 'Expected download layout' in r.stdout and '<root>' in r.stdout, r.stdout
+
+def test_data_prep_dflip3k_writes_manifest_and_meta(tmp_path):
+    import json
+    from dflab.data.manifest import read_dflip_meta, read_manifest
+    r = tmp_path/'dflip'
+    for i in range(3): _noise(r/f'real/images/{i}.png', seed=i)
+    for i in range(2): _noise(r/f'fake/sd-v1.5/images/{i}.png', seed=10 + i)
+    (r/'fake/sd-v1.5/prompts.txt').write_text('a cat\na dog\n')
+    res = subprocess.run([sys.executable, ROOT/'data_prep'/'dflip3k.py', '--root', r, '--out', tmp_path/'d.parquet',
+                          '--meta', tmp_path/'dflip3k_meta.json'], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    m = read_manifest(tmp_path/'d.parquet')
+    assert len(m) == 5 and m.sha256.notna().all()
+    back = read_dflip_meta(tmp_path/'dflip3k_meta.json', root=r)
+    assert back.prompt.dropna().tolist() == ['a cat', 'a dog']
+    assert json.loads((tmp_path/'dflip3k_meta.json').read_text())[3]['generator_id'] == 1
