@@ -23,4 +23,4 @@ if __name__ == '__main__':
     p.add_argument('--videos-key', default='videos'); p.add_argument('--frames', help='where HDF5 frames are extracted')
     a = p.parse_args()
     if a.folders: build(a, 'class-folders', real_classes=a.real_classes)
-    else: build(a, 'ffpp-h5', out=a.frames, images_key=a.images_key, labels_key=a.labels_key, videos_key=a.videos_key)
+    else: build(a, 'ffpp-h5', frames=a.frames, images_key=a.images_key, labels_key=a.labels_key, videos_key=a.videos_key)

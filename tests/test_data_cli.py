@@ -98,3 +98,23 @@ def test_data_prep_dflip3k_writes_manifest_and_meta(tmp_path):
     back = read_dflip_meta(tmp_path/'dflip3k_meta.json', root=r)
     assert back.prompt.dropna().tolist() == ['a cat', 'a dog']
     assert json.loads((tmp_path/'dflip3k_meta.json').read_text())[3]['generator_id'] == 1
+
+def test_ffpp_h5_through_cli_and_data_prep(tmp_path):
+    "Key names go through --opt; a wrong key lists the datasets found; data_prep/ffpp.py reads the defaults."
+    import h5py
+    from dflab.data.manifest import read_manifest
+    rng = np.random.default_rng(0)
+    (tmp_path/'h5').mkdir()
+    with h5py.File(tmp_path/'h5'/'FF++_FaceSwap_c23.h5', 'w') as f:
+        f['frames'] = rng.integers(0, 255, (3, 12, 12, 3), dtype=np.uint8); f['y'] = np.array([0, 1, 1])
+    r = sh('data', 'build', '--layout', 'ffpp-h5', '--root', tmp_path/'h5', '--out', tmp_path/'f.parquet')
+    assert r.returncode == 1 and "datasets found: frames (3, 12, 12, 3) uint8, y (3,)" in r.stderr
+    r = sh('data', 'build', '--layout', 'ffpp-h5', '--root', tmp_path/'h5', '--out', tmp_path/'f.parquet', '--validate-images',
+           '--opt', 'images_key=frames', '--opt', 'labels_key=y', '--opt', f'frames={tmp_path/"fr"}')
+    assert r.returncode == 0, r.stderr
+    m = read_manifest(tmp_path/'f.parquet')
+    assert m.generator.tolist() == ['real', 'FaceSwap', 'FaceSwap'] and m.attrs['root'] == str(tmp_path/'fr') and m.width.tolist() == [12] * 3
+    with h5py.File(tmp_path/'h5'/'FF++_FaceSwap_c23.h5', 'a') as f: f['images'] = f['frames'][()]; f['labels'] = f['y'][()]
+    res = subprocess.run([sys.executable, ROOT/'data_prep'/'ffpp.py', '--root', tmp_path/'h5', '--out', tmp_path/'g.parquet'], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert len(read_manifest(tmp_path/'g.parquet')) == 3
