@@ -1,0 +1,101 @@
+"`dflab train`, `eval`, `predict` and `bench train` as a user runs them: resume after a real kill, corrupt images, shipped configs."
+import json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DFLAB = shutil.which('dflab', path=str(Path(sys.executable).parent)) or shutil.which('dflab')
+ENV = {**os.environ, 'DFLAB_THREADS': '1', 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
+
+def sh(*args, timeout=600):
+    return subprocess.run([DFLAB, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+def write_cfg(path, out_dir, name, **train):
+    cfg = {'run': {'name': name, 'out_dir': str(out_dir), 'threads': 1, 'seed': 3},
+           'data': {'benchmark': 'tiny'}, 'model': {'detector': 'mlp-head'},
+           'train': {'epochs': 3, 'lr': 3e-3, 'n_boot': 0, 'plots': False, 'progress': False, **train}}
+    path.write_text(yaml.safe_dump(cfg)); return path
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp('runs')
+    r = sh('train', '--config', write_cfg(d/'c.yaml', d, 'base'))
+    assert r.returncode == 0, r.stderr
+    return d/'base'
+
+def test_train_writes_the_run_directory(trained):
+    names = {p.name for p in trained.iterdir()}
+    for f in ('config.yaml', 'manifest.sha256', 'run.log', 'checkpoints', 'best', 'final', 'predictions.csv', 'metrics.json',
+              'test_predictions.csv', 'test_metrics.json', 'final_model.safetensors', 'report.md', 'per_generator.csv'):
+        assert f in names, f
+    m = json.loads((trained/'test_metrics.json').read_text())
+    assert 0 <= m['auc'] <= 1 and 'acc_val' in m and 'val_threshold' in m
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    "Kill -9 a real `dflab train` after its second checkpoint; --resume finishes with the metrics of an uninterrupted run."
+    # images end to end (cached: false) makes each epoch take a second or more, so the kill lands mid-run
+    over = {'epochs': 5}
+    cfg = write_cfg(tmp_path/'c.yaml', tmp_path, 'cut', **over)
+    y = yaml.safe_load(cfg.read_text()); y['model']['cached'] = False; cfg.write_text(yaml.safe_dump(y))
+    p = subprocess.Popen([DFLAB, 'train', '--config', str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    ck = tmp_path/'cut'/'checkpoints'/'epoch-2'/'trainer_state.json'
+    t0 = time.time()
+    while not ck.exists():
+        assert p.poll() is None, p.stderr.read().decode()[-2000:]
+        assert time.time() - t0 < 400
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert not (tmp_path/'cut'/'test_metrics.json').exists() and not (tmp_path/'cut'/'checkpoints'/'epoch-5').exists()
+    r = sh('train', '--config', cfg, '--resume', tmp_path/'cut')
+    assert r.returncode == 0, r.stderr
+    assert 'resuming' in (tmp_path/'cut'/'run.log').read_text()
+    y['run']['name'] = 'full'; (tmp_path/'f.yaml').write_text(yaml.safe_dump(y))
+    r = sh('train', '--config', tmp_path/'f.yaml')
+    assert r.returncode == 0, r.stderr
+    a = json.loads((tmp_path/'cut'/'test_metrics.json').read_text()); b = json.loads((tmp_path/'full'/'test_metrics.json').read_text())
+    for k in ('auc', 'ap', 'eer', 'acc', 'acc_val', 'val_threshold'): assert a[k] == pytest.approx(b[k], abs=1e-6), k
+    assert sorted(p.name for p in (tmp_path/'cut'/'checkpoints').iterdir()) == [f'epoch-{i}' for i in range(1, 6)]
+
+def test_predict_folder_with_corrupt_image(trained, tmp_path):
+    from dflab.synth import get_benchmark
+    src = sorted((get_benchmark('tiny')/'real').rglob('*.png'))[:2]
+    for i, f in enumerate(src): shutil.copy(f, tmp_path/f'ok{i}.png')
+    (tmp_path/'bad.jpg').write_bytes(b'\xff\xd8\xff garbage')
+    (tmp_path/'notes.txt').write_text('not an image')
+    r = sh('predict', '--run', trained, tmp_path, '--out', tmp_path/'scores.csv')
+    assert r.returncode == 0, r.stderr
+    assert 'bad.jpg' in r.stderr and r.stdout.count('.png') == 2
+    df = pd.read_csv(tmp_path/'scores.csv')
+    assert len(df) == 3 and df.error.notna().sum() == 1 and df.dropna(subset=['score']).label.isin(['real', 'fake']).all()
+    (tmp_path/'ok0.png').unlink(); (tmp_path/'ok1.png').unlink()
+    r = sh('predict', '--run', trained, tmp_path)
+    assert r.returncode == 1 and 'none of the 1 images could be read' in r.stderr
+
+def test_eval_with_perturbation(trained):
+    r = sh('eval', '--run', trained, '--perturb', 'jpeg=75,blur=1.0', '--n-boot', '0')
+    assert r.returncode == 0, r.stderr
+    out = trained/'eval-own-test-jpeg75-blur1'
+    assert (out/'test_metrics.json').exists() and (out/'roc_curve.png').exists()
+    r = sh('eval', '--run', trained, '--perturb', 'gamma=2')
+    assert r.returncode == 1 and "unknown perturbation 'gamma'" in r.stderr
+
+def test_mode_test_needs_a_run(tmp_path):
+    r = sh('train', '--config', write_cfg(tmp_path/'c.yaml', tmp_path, 'never'), '--mode', 'test')
+    assert r.returncode == 1 and '--mode test evaluates an existing run' in r.stderr
+
+def test_shipped_configs_match_the_notebook(tmp_path):
+    from dflab.train import write_example_configs, configs_dir, list_configs, example_configs
+    write_example_configs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in configs_dir().glob('*.yaml'))
+    for p in tmp_path.iterdir(): assert p.read_text() == (configs_dir()/p.name).read_text(), p.name
+    assert set(list_configs()) >= {'linear-probe', 'mlp-head', 'prompt-adapter', 'linear-probe-cross', 'mlp-head-cross', 'prompt-adapter-cross'}
+
+def test_bench_train_prints_both_paths():
+    r = sh('bench', 'train', '--scale', 'tiny', '--epochs', '2', '--threads', '1')
+    assert r.returncode == 0, r.stderr
+    rows = [l for l in r.stdout.splitlines() if l.startswith(('recompute', 'cached'))]
+    assert len(rows) == 3, r.stdout
+    auc = [float(l.split()[-1]) for l in rows]
+    assert max(auc) - min(auc) < 0.02, r.stdout
