@@ -26,7 +26,7 @@ def test_list_shows_templates_and_parameters():
 
 def test_parameter_injection_into_a_timestamped_run(tmp_path):
     "Default layout runs/<name>/<timestamp>/ under $DFLAB_RUNS; values typed from the defaults and injected."
-    r = sh('run', 'hello', '-p', 'n', '40', '-p', 'lr', '1e-1', '-p', 'classifier', 'centroid', '--no-progress',
+    r = sh('run', 'hello', '-p', 'n', '40', '-p', 'lr', '1e-1', '-p', 'classifier', 'centroid', '--quiet',
            env={'DFLAB_RUNS': tmp_path/'runs'}, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     runs = [p for p in (tmp_path/'runs'/'hello').iterdir() if p.name != 'latest']
@@ -46,7 +46,7 @@ def test_parameter_injection_into_a_timestamped_run(tmp_path):
 
 def test_params_file_and_precedence(tmp_path):
     (tmp_path/'p.yaml').write_text('n: 30\nsteps: 5\n')
-    r = sh('run', 'hello', '-f', tmp_path/'p.yaml', '-p', 'steps', '7', '--no-progress', '--out', tmp_path/'run')
+    r = sh('run', 'hello', '-f', tmp_path/'p.yaml', '-p', 'steps', '7', '--quiet', '--out', tmp_path/'run')
     assert r.returncode == 0, r.stderr
     params = yaml.safe_load((tmp_path/'run'/'params.yaml').read_text())
     assert (params['n'], params['steps']) == (30, 7)
@@ -64,7 +64,7 @@ def test_unknown_parameter_fails_before_running(tmp_path):
     assert r.returncode == 1 and "unknown experiment 'nosuchexperiment'; available: " in r.stderr
 
 def test_failing_notebook_is_exit_1_with_its_error(tmp_path):
-    r = sh('run', 'hello', '-p', 'classifier', 'forest', '--no-progress', '--out', tmp_path/'run')
+    r = sh('run', 'hello', '-p', 'classifier', 'forest', '--quiet', '--out', tmp_path/'run')
     assert r.returncode == 1
     assert "experiment 'hello' failed: ValueError: unknown classifier 'forest'" in r.stderr
     info = json.loads((tmp_path/'run'/'run.json').read_text())
@@ -73,7 +73,7 @@ def test_failing_notebook_is_exit_1_with_its_error(tmp_path):
 
 def test_collect_over_two_runs(tmp_path):
     for shift in ('0.5', '3'):
-        r = sh('run', 'hello', '-p', 'shift', shift, '-p', 'n', '50', '--no-progress', '--out', tmp_path/'runs'/f'shift{shift}')
+        r = sh('run', 'hello', '-p', 'shift', shift, '-p', 'n', '50', '--quiet', '--out', tmp_path/'runs'/f'shift{shift}')
         assert r.returncode == 0, r.stderr
     r = sh('collect', tmp_path/'runs', '--out', tmp_path/'table.csv')
     assert r.returncode == 0, r.stderr
@@ -86,7 +86,7 @@ def test_collect_over_two_runs(tmp_path):
     assert r.returncode == 1 and 'no such directory' in r.stderr
 
 def test_sweep_with_a_failing_point_goes_on(tmp_path):
-    r = sh('sweep', 'hello', '-p', 'classifier', 'logistic,forest,centroid', '-p', 'n', '40', '--no-progress',
+    r = sh('sweep', 'hello', '-p', 'classifier', 'logistic,forest,centroid', '-p', 'n', '40', '--quiet',
            '--out', tmp_path/'sweep')
     assert r.returncode == 1 and '1 of 3 sweep points failed' in r.stderr
     t = pd.read_csv(tmp_path/'sweep'/'results.csv')
@@ -101,3 +101,25 @@ def test_sweep_grid_is_checked_first(tmp_path):
     r = sh('sweep', 'hello', '-p', 'steps', '1,x', '--out', tmp_path/'sweep')
     assert r.returncode == 1 and "parameter 'steps' expects int, got 'x'" in r.stderr
     assert not (tmp_path/'sweep').exists()
+
+def test_quickstart_tiny_end_to_end(tmp_path):
+    "The main job at its CI size (the notebook's own defaults, without the preset): table, figures, report, metrics."
+    figures = sorted(p.name for p in (ROOT/'figures').glob('*.png'))
+    r = sh('run', 'quickstart', '--no-preset', '--quiet', '--out', tmp_path/'qs', timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path/'qs'
+    assert yaml.safe_load((run/'params.yaml').read_text())['scale'] == 'tiny'
+    t = pd.read_csv(run/'comparison.csv')
+    assert set(t.protocol) == {'in-distribution', 'leave-one-generator-out'}
+    assert set(t.detector) == {'linear-probe', 'mlp-head', 'prompt-adapter'}
+    assert t[['AUC', 'AP', 'EER', 'acc @ val thr']].notna().all().all() and t.AUC.between(0, 1).all()
+    assert sorted(p.name for p in (run/'figures').iterdir()) == ['confident_errors.png', 'per_generator_auc.png', 'robustness.png',
+                                                                'roc.png', 'score_distributions.png']
+    rob = pd.read_csv(run/'robustness.csv')
+    assert set(rob.setting) == {'clean', 'jpeg 50', 'blur 1'}
+    m = json.loads((run/'metrics.json').read_text())
+    assert set(m['id']) == set(m['logo']) == {'linear-probe', 'mlp-head', 'prompt-adapter'} and m['wall_seconds'] > 0
+    report = (run/'report.md').read_text()
+    assert '| in-distribution | linear-probe |' in report and '![roc](figures/roc.png)' in report
+    assert (run/'train'/'id-linear-probe'/'best'/'model.safetensors').is_file()
+    assert sorted(p.name for p in (ROOT/'figures').glob('*.png')) == figures     # copy_figures is off by default
