@@ -36,6 +36,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get('XDG_CACHE_HOME', Path.home()/'.cache'))/'dflab'
 
 # %% ../nbs/00_core.ipynb #d3bec03f
+def _umask() -> int:
+    m = os.umask(0); os.umask(m); return m
+
 @contextmanager
 def atomic_write(path, # the final file
                  mode:str='wb'): # open mode for the temporary file ('w' for text)
@@ -43,6 +46,7 @@ def atomic_write(path, # the final file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes files owner-only; results should read like any other file
     try:
         with os.fdopen(fd, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
             yield f
