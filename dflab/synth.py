@@ -22,7 +22,8 @@ __all__ = ['PHOTOS', 'GENERATORS', 'GENERATOR_NAMES', 'FAMILIES', 'COLOURS', 'TE
            'apply_generator', 'Thing', 'Scene', 'sample_thing', 'sample_scene', 'thing_alpha', 'texture_field', 'paint',
            'render_scene', 'sample_mask', 'inpaint', 'thing_for_mask', 'real_crop_for', 'build', 'tree_digest',
            'get_benchmark', 'main', 'benchmark_manifest', 'load_arrays', 'residual', 'residual_spectrum',
-           'global_stats', 'shortcut_auc', 'baseline_features', 'baseline']
+           'global_stats', 'shortcut_auc', 'baseline_features', 'baseline_classifier', 'baseline',
+           'baseline_manifest_features', 'fit_baseline']
 
 # %% ../nbs/05_synth.ipynb #c02bccea
 PHOTOS = {  # name -> how the prompt grammar names the scene (the "setting" slot)
@@ -541,6 +542,13 @@ def baseline_features(x:np.ndarray) -> np.ndarray:
     iu = np.triu_indices(3)
     return np.c_[residual_spectrum(x).reshape(len(x), -1), c[:, iu[0], iu[1]]]
 
+def baseline_classifier(C:float=.05): # inverse regularisation of the logistic regression
+    "The baseline's unfitted classifier: standardised features into an L2-regularised logistic regression."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
+
 def baseline(A:dict, # from `load_arrays`
              seed:int=0, # of the half/half split
              C:float=.05) -> dict: # inverse regularisation of the logistic regressions
@@ -550,13 +558,10 @@ def baseline(A:dict, # from `load_arrays`
         return _baseline(A, seed, C)
 
 def _baseline(A, seed, C):
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     X, y, g, fam, kind = baseline_features(A['images']), A['label'], A['generator'], A['family'], A['kind']
     tr = np.random.default_rng(seed).random(len(y)) < .5; te = ~tr
-    lr = lambda: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
+    lr = lambda: baseline_classifier(C)
     det = lr().fit(X[tr], y[tr]); s = det.predict_proba(X)[:, 1]
     out = {'auc': float(roc_auc_score(y[te], s[te]))}
     for k in KINDS:
@@ -569,3 +574,34 @@ def _baseline(A, seed, C):
     out['family_acc'] = float(np.mean([fmap[p] == fmap[t] for p, t in zip(pred, true)]))
     out['per_generator'] = {str(n): float((pred[true == n] == n).mean()) for n in sorted(set(true))}
     return out
+
+# %% ../nbs/05_synth.ipynb #59f8a17c
+def baseline_manifest_features(manifest, # a dflab manifest (paths resolve against `manifest.attrs['root']`)
+                               positions=None, # row positions to compute; None: every row
+                               perturb=None, # optional PIL -> PIL degradation applied to each image first
+                               chunk:int=256) -> np.ndarray: # images per batch (bounds memory)
+    "`baseline_features` of manifest rows (N, F), in row order; every image must have the same size."
+    from dflab.data.datasets import load_image
+    from dflab.data.manifest import resolve_paths
+    paths = resolve_paths(manifest)
+    pos = np.arange(len(manifest)) if positions is None else np.asarray(positions, dtype=int)
+    out, shape = [], None
+    for i in range(0, len(pos), chunk):
+        ims = []
+        for p in pos[i:i + chunk]:
+            im = load_image(paths[p])
+            if perturb is not None: im = perturb(im)
+            a = np.asarray(im, dtype=np.float32)
+            if shape is None: shape = a.shape
+            if a.shape != shape: raise DflabError(f"the residual-spectrum baseline needs images of one size: {paths[p]} is "
+                                                  f"{a.shape[1]}x{a.shape[0]}, earlier ones {shape[1]}x{shape[0]}")
+            ims.append(a)
+        out.append(baseline_features(np.stack(ims)))
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+def fit_baseline(X:np.ndarray, # `baseline_features` of the training rows
+                 y, # their labels (0 real / 1 fake), or generator names for identification
+                 C:float=.05): # inverse regularisation
+    "The baseline classifier fitted on (X, y); score new rows with `.predict_proba(X)[:, 1]`."
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1): return baseline_classifier(C).fit(X, np.asarray(y))
