@@ -17,26 +17,30 @@ COMMANDS = {
     'info':     ('dflab.cli:info_main', 'versions, device, threads and directories of this installation'),
     'data':     ('dflab.data.cli:main', 'build, validate, split and inspect dataset manifests'),
     'synth':    ('dflab.synth:main', 'generate the embedded synthetic forensic benchmark'),
-    'features': ('dflab.features:main', 'extract backbone features into the content-addressed cache'),
-    'cache':    ('dflab.features:cache_main', 'inspect or prune the feature cache'),
+    'features': ('dflab.features.extract:main', 'extract backbone features into the content-addressed cache'),
+    'cache':    ('dflab.features.cache:cache_main', 'inspect or prune the feature cache'),
     'train':    ('dflab.train:train_main', 'train a detector from a config'),
-    'eval':     ('dflab.train:eval_main', 'evaluate a trained run on a manifest'),
-    'predict':  ('dflab.train:predict_main', 'score your own images with a trained run'),
+    'eval':     ('dflab.evaluate:eval_main', 'evaluate a trained run on a manifest'),
+    'predict':  ('dflab.evaluate:predict_main', 'score your own images with a trained run'),
     'run':      ('dflab.experiments:run_main', 'run an experiment notebook with papermill'),
     'sweep':    ('dflab.experiments:sweep_main', 'run an experiment over a parameter grid'),
     'collect':  ('dflab.experiments:collect_main', 'gather parameters and metrics of many runs into one table'),
     'bench': {
-        'features': ('dflab.features:bench_main', 'benchmark feature extraction and the cache'),
-        'train':    ('dflab.train:bench_main', 'benchmark cached-feature training against recomputing'),
+        'features': ('dflab.features.extract:bench_main', 'benchmark feature extraction and the cache'),
+        'train':    ('dflab.evaluate:bench_main', 'benchmark cached-feature training against recomputing'),
     },
 }
 
 # %% ../nbs/60_cli.ipynb #7683506d
 def _available(target:str) -> bool:
-    "Whether the module of `target` can be imported (checked without importing it)."
-    mod = target.split(':')[0]
-    try: return importlib.util.find_spec(mod) is not None
+    "Whether the module of `target` exists, checked without importing it or its parent packages (they may import torch)."
+    top, *rest = target.split(':')[0].split('.')
+    try: spec = importlib.util.find_spec(top)
     except (ImportError, ValueError): return False
+    if spec is None: return False
+    if not rest: return True
+    return any(Path(loc, *rest).with_suffix('.py').is_file() or Path(loc, *rest, '__init__.py').is_file()
+               for loc in spec.submodule_search_locations or [])
 
 def _commands(table:dict) -> dict:
     "The entries of `table` whose modules exist (a group is kept if any member exists)."

@@ -32,6 +32,28 @@ def test_info_json():
     assert d['packages']['torch'] and d['runs_dir'] and d['cache_dir']
     assert d['tools']['papermill']
 
+def _targets(table, prefix='dflab'):
+    for k, v in table.items():
+        if isinstance(v, dict): yield from _targets(v, f'{prefix} {k}')
+        else: yield f'{prefix} {k}', v[0]
+
+def test_every_command_resolves():
+    "Every `module:function` of the command table imports and is callable (a typo must not hide a command)."
+    import importlib
+    from dflab.cli import COMMANDS
+    seen = []
+    for cmd, target in _targets(COMMANDS):
+        mod, fn = target.split(':')
+        f = getattr(importlib.import_module(mod), fn, None)
+        assert callable(f), f"{cmd}: {target} does not resolve"
+        seen.append(cmd)
+    assert {'dflab train', 'dflab eval', 'dflab predict', 'dflab bench train', 'dflab bench features'} <= set(seen)
+
+def test_every_command_is_listed_in_help():
+    from dflab.cli import COMMANDS
+    out = sh('--help').stdout
+    for cmd, _ in _targets(COMMANDS): assert cmd.split(' ', 1)[1] in out, cmd
+
 def test_usage_error_exit_2():
     r = sh('nonsense')
     assert r.returncode == 2 and "unknown command 'nonsense'" in r.stderr

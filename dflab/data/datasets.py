@@ -116,7 +116,7 @@ class ForensicDataset(Dataset):
         img = load_image(self.paths[i], self.draft)
         if self.perturb is not None: img = self.perturb(img)
         x = self.transform(img) if self.transform is not None else _to_tensor(img)
-        item = {'image': x, 'index': int(i)}
+        item = {'image': x, 'label': int(self.labels[i]), 'index': int(i)}
         if self.mode == 'image': return item
         if self.mode == 'interpreting':
             item['conversation'] = build_conversation(self.labels[i], self.generator_names[i] if self.labels[i] else None,
@@ -124,7 +124,7 @@ class ForensicDataset(Dataset):
             return item
         size = self.mask_size or tuple(x.shape[-2:])
         has = self.masks[i] is not None
-        item.update(label=int(self.labels[i]), generator=int(self.generator_ids[i]),
+        item.update(generator=int(self.generator_ids[i]),
                     mask=self.load_mask(i, size) if has else torch.zeros(size), has_mask=has)
         return item
 

@@ -16,11 +16,11 @@ from ..core import DflabError, atomic_write
 from .manifest import as_manifest, check_manifest
 
 # %% auto #0
-__all__ = ['PROTOCOLS', 'PERTURBATIONS', 'hash_uniform', 'split_random', 'split_cross_generator', 'split_leave_one_out',
-           'leave_one_out_folds', 'split_cross_manipulation', 'split_by_column', 'split_cross_dataset',
-           'split_by_category', 'split_by_video', 'make_split', 'apply_split', 'write_split_file', 'read_split_file',
-           'join_split', 'synthetic_manifest', 'bench_splits', 'JPEG', 'Blur', 'Downscale', 'Crop', 'Noise', 'Perturb',
-           'parse_perturbations']
+__all__ = ['PROTOCOLS', 'PERTURBATIONS', 'hash_uniform', 'split_random', 'split_cross_generator', 'holdout_generators',
+           'split_leave_one_out', 'leave_one_out_folds', 'split_cross_manipulation', 'split_by_column',
+           'split_cross_dataset', 'split_by_category', 'split_by_video', 'make_split', 'apply_split',
+           'write_split_file', 'read_split_file', 'join_split', 'synthetic_manifest', 'bench_splits', 'JPEG', 'Blur',
+           'Downscale', 'Crop', 'Noise', 'Perturb', 'parse_perturbations']
 
 # %% ../../nbs/04_data.protocols.ipynb #dad453ea
 def hash_uniform(values, seed:int=0) -> np.ndarray:
@@ -90,12 +90,24 @@ def split_cross_generator(df:pd.DataFrame, train:list[str]|str, # generators to 
     out[(~real) & df.generator.isin(test).to_numpy()] = 'test'
     return _series(df, out)
 
-def split_leave_one_out(df:pd.DataFrame, holdout:str, # the generator held out for test
+def holdout_generators(df:pd.DataFrame, holdout:str) -> list[str]:
+    "The fake generators a hold-out names: one generator, or every generator of a family with 'family:NAME'."
+    fakes = df[df.label == 1]
+    if not holdout.startswith('family:'): return _check_names(df, 'generator', [holdout], 'holdout generator')
+    fam = holdout.split(':', 1)[1]
+    if 'family' not in df.columns: raise DflabError(f"holdout '{holdout}' needs a family column in the manifest")
+    gens = sorted(fakes.generator[fakes.family == fam].dropna().unique())
+    if not gens:
+        known = ', '.join(sorted(map(str, fakes.family.dropna().unique())))
+        raise DflabError(f"no fake images of family '{fam}' in the manifest; families: {known}")
+    return gens
+
+def split_leave_one_out(df:pd.DataFrame, holdout:str, # the generator (or 'family:NAME') held out for test
                         val:float=0.0, real_test:float=0.2, seed:int=0, keys:np.ndarray|None=None) -> pd.Series:
     "One fold of leave-one-generator-out: train on every other fake generator, test on `holdout`."
-    others = sorted(set(df.generator[df.label == 1].dropna().unique()) - {holdout})
-    _check_names(df, 'generator', [holdout], 'holdout generator')
-    return split_cross_generator(df, others, [holdout], val, real_test, seed, keys)
+    held = holdout_generators(df, holdout)
+    others = sorted(set(df.generator[df.label == 1].dropna().unique()) - set(held))
+    return split_cross_generator(df, others, held, val, real_test, seed, keys)
 
 def leave_one_out_folds(df:pd.DataFrame, val:float=0.0, real_test:float=0.2, seed:int=0) -> pd.DataFrame:
     "All leave-one-generator-out folds: one column `split@<generator>` per fake generator."
@@ -299,6 +311,9 @@ def parse_perturbations(spec:str, seed:int=0) -> Perturb:
     "A `Perturb` from 'name:value[,name:low..high]', e.g. 'jpeg:30..90,blur:1.5,crop:224'."
     ops = []
     for part in filter(None, (p.strip() for p in spec.split(','))):
+        if '=' in part:
+            raise DflabError(f"perturbations are written name:value, e.g. jpeg:75,blur:1.0 (got '{part}'; "
+                             f"write '{part.replace('=', ':').replace('resize:', 'downscale:')}')")
         name, _, val = part.partition(':')
         if name not in PERTURBATIONS: raise DflabError(f"unknown perturbation '{name}'; choose from: {', '.join(PERTURBATIONS)}")
         cls = PERTURBATIONS[name]
@@ -308,4 +323,5 @@ def parse_perturbations(spec:str, seed:int=0) -> Perturb:
             v = tuple(num(x) for x in val.split('..')) if '..' in val else num(val)
         except ValueError: raise DflabError(f"perturbation '{part}': value must be a number or low..high") from None
         ops.append(cls(v))
-    return Perturb(*ops, seed=seed)
+    p = Perturb(*ops, seed=seed); p.spec = ','.join(filter(None, (q.strip() for q in spec.split(','))))
+    return p
