@@ -20,7 +20,7 @@ __all__ = ['COLUMNS', 'DTYPES', 'IMAGE_EXTS', 'MAX_IMAGE_PIXELS', 'MANIFEST_VERS
 
 # %% ../../nbs/01_data.manifest.ipynb #e520d44a
 COLUMNS = ['path', 'label', 'generator', 'family', 'prompt', 'mask', 'split', 'source', 'category', 'video',
-           'sha256', 'width', 'height', 'format']
+           'group', 'sha256', 'width', 'height', 'format']
 
 DTYPES = {c: 'string' for c in COLUMNS} | {'label': 'int64', 'width': 'Int64', 'height': 'Int64'}
 

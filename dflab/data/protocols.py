@@ -16,9 +16,9 @@ from ..core import DflabError, atomic_write
 from .manifest import as_manifest, check_manifest
 
 # %% auto #0
-__all__ = ['PROTOCOLS', 'PERTURBATIONS', 'hash_uniform', 'split_random', 'split_cross_generator', 'holdout_generators',
-           'split_leave_one_out', 'leave_one_out_folds', 'split_cross_manipulation', 'split_by_column',
-           'split_cross_dataset', 'split_by_category', 'split_by_video', 'make_split', 'apply_split',
+__all__ = ['PROTOCOLS', 'PERTURBATIONS', 'hash_uniform', 'group_ids', 'keep_groups', 'split_random', 'split_cross_generator',
+           'holdout_generators', 'split_leave_one_out', 'leave_one_out_folds', 'split_cross_manipulation',
+           'split_by_column', 'split_cross_dataset', 'split_by_category', 'split_by_video', 'make_split', 'apply_split',
            'write_split_file', 'read_split_file', 'join_split', 'synthetic_manifest', 'bench_splits', 'JPEG', 'Blur',
            'Downscale', 'Crop', 'Noise', 'Perturb', 'parse_perturbations']
 
@@ -56,11 +56,40 @@ def _groups(df:pd.DataFrame, cols, mask=None) -> np.ndarray:
 def _series(df, labels) -> pd.Series:
     return pd.Series(pd.array(labels, dtype='string'), index=df.index, name='split')
 
+# %% ../../nbs/04_data.protocols.ipynb #9cf08774
+def group_ids(df:pd.DataFrame) -> np.ndarray|None:
+    "An integer per row naming its content group (a row without a `group` is its own); None when nothing is grouped."
+    if 'group' not in df.columns or not df['group'].notna().any(): return None
+    g = df['group'].astype(object).where(df['group'].notna(), '\0' + df.path.astype(str))
+    return pd.factorize(g.to_numpy(dtype=object))[0]
+
+def keep_groups(df:pd.DataFrame, split, # a split per row (None: not used by the protocol)
+                forced=None, # rows that must be in test (e.g. a held-out generator's fakes)
+                fakes_follow:bool=True) -> np.ndarray: # a group sent to test takes its other fakes along (else: left out)
+    "`split` with every content group on one side, following the group's real image (or its forced test member)."
+    out = np.asarray(split, dtype=object).copy()
+    gid = group_ids(df)
+    if gid is None: return out
+    multi = np.bincount(gid)[gid] > 1
+    if not multi.any(): return out
+    out = np.array([x if isinstance(x, str) else None for x in out], dtype=object)   # pd.NA -> None
+    real = (df.label == 0).to_numpy()
+    forced = np.zeros(len(df), bool) if forced is None else np.asarray(forced, bool)
+    order = pd.DataFrame({'g': gid, 's': out, 'r': real}).sort_values('r', ascending=False, kind='stable')
+    anchor = order.groupby('g').s.first().reindex(gid).to_numpy(dtype=object)   # the real member's split, else the first
+    hot = np.zeros(gid.max() + 1, bool); hot[gid[forced]] = True
+    anchor[hot[gid]] = 'test'
+    used = pd.notna(out)                                                       # rows a protocol leaves out stay out
+    new = np.where(multi & used, anchor, out)
+    if not fakes_follow: new[multi & used & ~real & ~forced & (new == 'test')] = None
+    new[forced] = 'test'
+    return new
+
 # %% ../../nbs/04_data.protocols.ipynb #896b7556
 def split_random(df:pd.DataFrame, test:float=0.2, val:float=0.0, seed:int=0,
                  stratify:tuple|list=('label', 'generator')) -> pd.Series:
     "Random split, stratified by `stratify` columns."
-    return _series(df, _assign(_groups(df, stratify), hash_uniform(df.path, seed), test, val))
+    return _series(df, keep_groups(df, _assign(_groups(df, stratify), hash_uniform(df.path, seed), test, val)))
 
 # %% ../../nbs/04_data.protocols.ipynb #e64f12f9
 def _check_names(df, column, names, what) -> list[str]:
@@ -87,8 +116,9 @@ def split_cross_generator(df:pd.DataFrame, train:list[str]|str, # generators to 
     out[real] = _assign(_groups(df, ['source'], real), keys[real], real_test, val * (1 - real_test))
     tr = (~real) & df.generator.isin(train).to_numpy()
     out[tr] = _assign(_groups(df, ['generator'], tr), keys[tr], 0.0, val)
-    out[(~real) & df.generator.isin(test).to_numpy()] = 'test'
-    return _series(df, out)
+    forced = (~real) & df.generator.isin(test).to_numpy()
+    out[forced] = 'test'
+    return _series(df, keep_groups(df, out, forced, fakes_follow=False))
 
 def holdout_generators(df:pd.DataFrame, holdout:str) -> list[str]:
     "The fake generators a hold-out names: one generator, or every generator of a family with 'family:NAME'."
@@ -114,9 +144,11 @@ def leave_one_out_folds(df:pd.DataFrame, val:float=0.0, real_test:float=0.2, see
     gens = sorted(set(df.generator[df.label == 1].dropna().unique()))
     base = split_cross_generator(df, gens, [], val, real_test, seed).to_numpy(dtype=object)   # every fake in train/val
     fake_gen = df.generator.where(df.label == 1).fillna('').to_numpy(dtype=object)
+    grouped = group_ids(df) is not None
     cols = {}
     for g in gens:   # a fold only moves its generator's fakes to test: the other draws are the same in every fold
         col = base.copy(); col[fake_gen == g] = 'test'
+        if grouped: col = keep_groups(df, col, fake_gen == g, fakes_follow=False)
         cols[f"split@{g}"] = pd.array(col, dtype='string')
     return pd.DataFrame(cols, index=df.index)
 
@@ -137,8 +169,9 @@ def split_by_column(df:pd.DataFrame, column:str, train:list[str]|str, test:list[
     out = np.full(len(df), None, dtype=object)
     tr = df[column].isin(train).fillna(False).to_numpy(dtype=bool)
     out[tr] = _assign(_groups(df, ['label', 'generator'], tr), hash_uniform(df.path[tr], seed), 0.0, val)
-    out[df[column].isin(test).fillna(False).to_numpy(dtype=bool)] = 'test'
-    return _series(df, out)
+    forced = df[column].isin(test).fillna(False).to_numpy(dtype=bool)
+    out[forced] = 'test'
+    return _series(df, keep_groups(df, out, forced, fakes_follow=False))
 
 def split_cross_dataset(df, train, test=None, val:float=0.0, seed:int=0) -> pd.Series:
     "Train on some datasets (`source`), test on others."
