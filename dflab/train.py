@@ -289,7 +289,7 @@ def predict(self:Trainer, model, ds, desc='eval') -> pd.DataFrame:
         x, y = _inputs(b).to(self.acc.device), b['label'].to(self.acc.device)
         with self.acc.autocast(): logits = model(x)
         s = Detector.scores(logits.float())
-        sc.append(s.cpu().numpy()); idx.append(b['index'].numpy())
+        sc.append(s.double().cpu().numpy()); idx.append(b['index'].numpy())   # float64: CSVs round-trip exactly
         loss.append(torch.nn.functional.binary_cross_entropy(s.clamp(1e-7, 1 - 1e-7), y.float(), reduction='none').cpu().numpy())
     cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)
     part = [(cat(idx, int), cat(sc, float), cat(loss, float))]
