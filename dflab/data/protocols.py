@@ -56,7 +56,7 @@ def _groups(df:pd.DataFrame, cols, mask=None) -> np.ndarray:
 def _series(df, labels) -> pd.Series:
     return pd.Series(pd.array(labels, dtype='string'), index=df.index, name='split')
 
-# %% ../../nbs/04_data.protocols.ipynb #9cf08774
+# %% ../../nbs/04_data.protocols.ipynb #6f05bbb6
 def group_ids(df:pd.DataFrame) -> np.ndarray|None:
     "An integer per row naming its content group (a row without a `group` is its own); None when nothing is grouped."
     if 'group' not in df.columns or not df['group'].notna().any(): return None
