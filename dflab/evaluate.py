@@ -163,7 +163,7 @@ def bench_train(scale:str='small', detector:str='prompt-adapter', epochs:int=15,
                               train=OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, n_boot=0, plots=False, progress=False, tensorboard=False))
     rows = []
     t0 = time.time(); _, m = train(cfg('recompute', False), manifest=manifest, backbone=bb)
-    rows.append({'path': 'recompute backbone every epoch (seeds)', 'wall_s': time.time() - t0, 'test_auc': m['test']['auc']})
+    rows.append({'path': 'recompute backbone every epoch (reference scripts)', 'wall_s': time.time() - t0, 'test_auc': m['test']['auc']})
     t0 = time.time()
     feats = extract(manifest, bb, layers=('final',), cache=tmp/'cold-cache')['final']
     t_ext = time.time() - t0

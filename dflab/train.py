@@ -515,7 +515,7 @@ def train_main(argv=None):
     return 0
 
 # %% ../nbs/13_train.ipynb #5f68ffc3
-_HPARAMS = {   # per detector: the seeds' heads are small; probes like a larger learning rate
+_HPARAMS = {   # per detector: the reference heads are small; probes like a larger learning rate
     'linear-probe': {'train': {'lr': 1e-3, 'epochs': 15, 'batch_size': 32}},
     'mlp-head': {'train': {'lr': 1e-3, 'epochs': 15, 'batch_size': 32}, 'model': {'options': {'hidden': 256, 'dropout': 0.1}}},
     'prompt-adapter': {'train': {'lr': 1e-3, 'epochs': 15, 'batch_size': 32}},

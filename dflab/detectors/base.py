@@ -55,7 +55,7 @@ class Detector(nn.Module):
 
     def attach(self, backbone, # a dflab Backbone (encode_image, preprocess)
                trainable:bool=False): # fine-tune the image encoder too (end to end)
-        "Attach a backbone so `forward` accepts images; frozen by default (the seeds' setting)."
+        "Attach a backbone so `forward` accepts images; frozen by default (the reference projects' setting)."
         if backbone.embed_dim != self.in_dim:
             raise DflabError(f"backbone '{backbone.name}' gives {backbone.embed_dim}-d features "
                              f"but the detector expects {self.in_dim}")
