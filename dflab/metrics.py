@@ -7,12 +7,15 @@ from __future__ import annotations
 import math
 import numpy as np
 import pandas as pd
+from scipy import stats
+import sklearn
+from sklearn import metrics as skm
 from .core import DflabError
 
 # %% auto #0
-__all__ = ['check_binary', 'roc_points', 'roc_auc', 'average_precision', 'eer', 'tpr_at_fpr', 'accuracy_at', 'choose_threshold',
-           'ece', 'bootstrap_ci', 'detection_metrics', 'breakdown', 'topk_accuracy', 'confusion_matrix', 'macro_f1',
-           'identification_metrics']
+__all__ = ['THRESHOLD_CRITERIA', 'check_binary', 'roc_points', 'roc_auc', 'average_precision', 'eer', 'tpr_at_fpr', 'accuracy_at',
+           'choose_threshold', 'ece', 'bootstrap_ci', 'detection_metrics', 'breakdown', 'topk_accuracy',
+           'confusion_matrix', 'macro_f1', 'identification_metrics']
 
 # %% ../nbs/14_metrics.ipynb #6c2082be
 def check_binary(y, # labels, 0 real / 1 fake
@@ -21,13 +24,17 @@ def check_binary(y, # labels, 0 real / 1 fake
                  what:str='metric'): # name used in error messages
     "Validated `(y, score)` as 1-d int and float arrays; raises DflabError with the reason otherwise."
     y = np.asarray(y); s = np.asarray(score, dtype=float)
-    if y.ndim != 1 or s.ndim != 1: raise DflabError(f"{what}: labels and scores must be 1-d, got shapes {y.shape} and {s.shape}")
+    if y.ndim != 1 or s.ndim != 1:
+        raise DflabError(f"{what}: labels and scores must be 1-d, got shapes {y.shape} and {s.shape}")
     if len(y) != len(s): raise DflabError(f"{what}: {len(y)} labels but {len(s)} scores")
     if len(y) == 0: raise DflabError(f"{what}: no samples")
     bad = ~np.isin(y, (0, 1))
-    if bad.any(): raise DflabError(f"{what}: labels must be 0 (real) or 1 (fake); found {np.unique(y[bad])[:5].tolist()}")
+    if bad.any():
+        raise DflabError(f"{what}: labels must be 0 (real) or 1 (fake); found {np.unique(y[bad])[:5].tolist()}")
     nan = ~np.isfinite(s)
-    if nan.any(): raise DflabError(f"{what}: {int(nan.sum())} score(s) are NaN or infinite (first at position {int(np.argmax(nan))}); check the model's outputs")
+    if nan.any():
+        raise DflabError(f"{what}: {int(nan.sum())} score(s) are NaN or infinite (first at position "
+                         f"{int(np.argmax(nan))}); check the model's outputs")
     y = y.astype(int)
     if need_both and (y.min() == y.max()):
         only = 'fake' if y[0] == 1 else 'real'
@@ -37,34 +44,28 @@ def check_binary(y, # labels, 0 real / 1 fake
 
 # %% ../nbs/14_metrics.ipynb #3e78cf44
 def roc_points(y, score):
-    "ROC curve `(fpr, tpr, thresholds)`, one point per distinct score plus the origin (threshold +inf)."
+    "ROC curve `(fpr, tpr, thresholds)` (scikit-learn), one point per distinct score plus the origin (threshold +inf)."
     y, s = check_binary(y, score, need_both=True, what='ROC')
-    order = np.argsort(-s, kind='mergesort')
-    s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]   # last index of each run of equal scores
-    tps = np.cumsum(y)[last]; fps = (last + 1) - tps
-    tpr = np.r_[0, tps] / y.sum(); fpr = np.r_[0, fps] / (len(y) - y.sum())
-    return fpr, tpr, np.r_[np.inf, s[last]]
+    return skm.roc_curve(y, s, drop_intermediate=False)
 
+# %% ../nbs/14_metrics.ipynb #d1e21630
 def roc_auc(y, score) -> float:
-    "Area under the ROC curve: P(score of a random fake > random real), ties counting one half (Mann-Whitney U)."
+    "Area under the ROC curve (scikit-learn): P(score of a random fake > random real), ties counting one half."
     y, s = check_binary(y, score, need_both=True, what='AUC')
-    from scipy.stats import rankdata
-    r = rankdata(s)   # average ranks share ties
-    n1 = y.sum(); n0 = len(y) - n1
-    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    # for two classes roc_auc_score is auc(roc_curve); calling the two directly skips its label binarising and
+    # halves the cost, which matters in the bootstrap (1000 calls per interval)
+    fpr, tpr, _ = skm.roc_curve(y, s)
+    return float(skm.auc(fpr, tpr))
 
+# %% ../nbs/14_metrics.ipynb #0519c89b
 def average_precision(y, score) -> float:
-    "Average precision: sum over distinct thresholds of (recall step) x precision, as scikit-learn defines it."
+    "Average precision (scikit-learn): sum over distinct thresholds of (recall step) x precision."
     y, s = check_binary(y, score, need_both=True, what='AP')
-    order = np.argsort(-s, kind='mergesort'); s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tps = np.cumsum(y)[last]; precision = tps / (last + 1); recall = tps / y.sum()
-    return float(np.sum(np.diff(np.r_[0, recall]) * precision))
+    return float(skm.average_precision_score(y, s))
 
-# %% ../nbs/14_metrics.ipynb #dcae4ac3
+# %% ../nbs/14_metrics.ipynb #5f2d7a8c
 def eer(y, score) -> tuple[float, float]:
-    "Equal error rate and its threshold: the ROC curve (linear between points) crossing fnr = fpr."
+    "Equal error rate and its threshold (a score): the ROC curve (linear between points) crossing fnr = fpr."
     fpr, tpr, thr = roc_points(y, score)
     d = (1 - tpr) - fpr                         # decreasing from 1 to -1 along the curve
     i = int(np.argmax(d <= 0))                  # first point at or past the crossing
@@ -72,74 +73,85 @@ def eer(y, score) -> tuple[float, float]:
     t = d[i-1] / (d[i-1] - d[i])                # linear interpolation on segment i-1 -> i
     return float(fpr[i-1] + t * (fpr[i] - fpr[i-1])), float(thr[i])
 
+# %% ../nbs/14_metrics.ipynb #39deba7c
 def tpr_at_fpr(y, score, max_fpr:float=0.01) -> float:
     "Highest true-positive rate among ROC points with false-positive rate <= `max_fpr`."
     fpr, tpr, _ = roc_points(y, score)
     return float(tpr[fpr <= max_fpr + 1e-12].max())
 
-# %% ../nbs/14_metrics.ipynb #5f2d7a8c
+# %% ../nbs/14_metrics.ipynb #5452352e
 def accuracy_at(y, score, threshold:float=0.5) -> dict:
     "Accuracy, real accuracy, fake accuracy and F1 (fake = positive) with the rule score >= threshold."
     y, s = check_binary(y, score, what='accuracy')
-    p = (s >= threshold).astype(int)
-    tp = int(((p == 1) & (y == 1)).sum()); fp = int(((p == 1) & (y == 0)).sum()); fn = int(((p == 0) & (y == 1)).sum())
+    p = s >= threshold
+    tp, fp = int((p & (y == 1)).sum()), int((p & (y == 0)).sum())
+    fn, tn = int((y == 1).sum()) - tp, int((y == 0).sum()) - fp
     nan = float('nan')
-    return {'acc': float((p == y).mean()),
-            'real_acc': float((p[y == 0] == 0).mean()) if (y == 0).any() else nan,
-            'fake_acc': float((p[y == 1] == 1).mean()) if (y == 1).any() else nan,
-            'f1': 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0}
+    return {'acc': float((tp + tn) / len(y)),
+            'real_acc': float(tn / (tn + fp)) if tn + fp else nan,
+            'fake_acc': float(tp / (tp + fn)) if tp + fn else nan,
+            'f1': float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0}
+
+# %% ../nbs/14_metrics.ipynb #7c795e11
+THRESHOLD_CRITERIA = ('balanced', 'eer', 'accuracy')   # what choose_threshold (and train.threshold) accepts
 
 def choose_threshold(y, # VALIDATION labels
                      score, # VALIDATION scores
                      criterion:str='balanced') -> float: # balanced | eer | accuracy
-    "A decision threshold chosen on validation data, to be applied unchanged to test data."
+    "A decision threshold (a score value) chosen on validation data, to be applied unchanged to test data."
+    if criterion not in THRESHOLD_CRITERIA:
+        raise DflabError(f"unknown threshold criterion '{criterion}'; use {', '.join(THRESHOLD_CRITERIA)}")
     if criterion == 'eer': return eer(y, score)[1]
     fpr, tpr, thr = roc_points(y, score)
-    if criterion == 'balanced': gain = tpr - fpr
-    elif criterion == 'accuracy':
-        y = np.asarray(y); n1 = y.sum(); gain = tpr * n1 + (1 - fpr) * (len(y) - n1)
-    else: raise DflabError(f"unknown threshold criterion '{criterion}'; use balanced, eer or accuracy")
+    n1 = int(np.sum(y)); n0 = int(np.size(y)) - n1
+    gain = tpr - fpr if criterion == 'balanced' else tpr * n1 + (1 - fpr) * n0   # Youden's J | correct count
     i = int(np.argmax(gain[1:])) + 1            # skip the +inf origin point
     return float(thr[i])
 
-# %% ../nbs/14_metrics.ipynb #5452352e
+# %% ../nbs/14_metrics.ipynb #bb2c4100
 def ece(y, prob, n_bins:int=15) -> float:
     "Expected calibration error of P(fake) with `n_bins` equal-width bins (Guo et al. 2017)."
     y, p = check_binary(y, prob, what='ECE')
-    if p.min() < 0 or p.max() > 1: raise DflabError(f"ECE needs probabilities in [0, 1]; scores range over [{p.min():.3g}, {p.max():.3g}]")
+    if p.min() < 0 or p.max() > 1:
+        raise DflabError(f"ECE needs probabilities in [0, 1]; scores range over [{p.min():.3g}, {p.max():.3g}]")
     b = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    cnt = np.bincount(b, minlength=n_bins)
     gap = np.abs(np.bincount(b, weights=y, minlength=n_bins) - np.bincount(b, weights=p, minlength=n_bins))
     return float(gap.sum() / len(y))
 
 # %% ../nbs/14_metrics.ipynb #a5d65e7b
 def bootstrap_ci(fn, # metric fn(y, score) -> float
                  y, score, n_boot:int=1000, alpha:float=0.05, seed:int=0) -> tuple[float, float]:
-    "Stratified percentile bootstrap (1 - alpha) interval of `fn(y, score)`."
+    "Stratified percentile bootstrap (1 - alpha) interval of `fn(y, score)`, reals and fakes resampled separately."
     y, s = check_binary(y, score, what='bootstrap')
-    rng = np.random.default_rng(seed)
-    groups = [np.nonzero(y == c)[0] for c in (0, 1) if (y == c).any()]
-    vals = []
-    for _ in range(n_boot):
-        idx = np.concatenate([rng.choice(g, len(g)) for g in groups])
-        vals.append(fn(y[idx], s[idx]))
-    lo, hi = np.nanquantile(vals, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    classes = [c for c in (0, 1) if (y == c).any()]
+    groups = {c: s[y == c] for c in classes}
+    free = [c for c in classes if len(groups[c]) > 1]        # a class with one image resamples to itself
+    def stat(*resampled):
+        parts = {**groups, **dict(zip(free, resampled))}
+        yy = np.repeat(classes, [len(parts[c]) for c in classes])
+        return float(fn(yy, np.concatenate([parts[c] for c in classes])))
+    if not free: v = stat(); return v, v
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):   # checked once above
+        res = stats.bootstrap([groups[c] for c in free], stat, n_resamples=n_boot, confidence_level=1 - alpha,
+                              method='percentile', vectorized=False, batch=100, rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 # %% ../nbs/14_metrics.ipynb #6aaabd73
 def detection_metrics(y, score, # labels and P(fake) scores of the evaluated set
                       val:tuple|None=None, # (labels, scores) of the VALIDATION split, to choose a threshold
                       threshold:float|None=None, # or a threshold chosen earlier (e.g. stored with the model)
-                      criterion:str='balanced', # how the validation threshold is chosen
+                      criterion:str='balanced', # how the threshold is chosen on `val`
                       ci:bool=False, n_boot:int=1000, seed:int=0) -> dict:
     "AUC, AP, EER, TPR@1%/5% FPR, accuracies and F1 at 0.5 and at a validation threshold, ECE, optional CIs."
     y, s = check_binary(y, score, need_both=True, what='detection metrics')
+    if val is not None and threshold is not None:
+        raise DflabError("detection_metrics: pass the validation split (val) or a threshold chosen on it, not both")
+    if val is not None: threshold = choose_threshold(*val, criterion=criterion)
     e, e_thr = eer(y, s)
     out = {'n': int(len(y)), 'n_real': int((y == 0).sum()), 'n_fake': int(y.sum()),
            'auc': roc_auc(y, s), 'ap': average_precision(y, s), 'eer': e, 'eer_threshold': e_thr,
            'tpr_at_fpr_1': tpr_at_fpr(y, s, 0.01), 'tpr_at_fpr_5': tpr_at_fpr(y, s, 0.05)}
     out.update(accuracy_at(y, s, 0.5))
-    if val is not None: threshold = choose_threshold(*val, criterion=criterion)
     if threshold is not None:
         out['val_threshold'] = float(threshold)
         out.update({f'{k}_val': v for k, v in accuracy_at(y, s, threshold).items()})
@@ -159,13 +171,15 @@ def breakdown(df:pd.DataFrame, # one row per sample with label, score and the gr
               threshold:float=0.5, ci:bool=False, n_boot:int=1000, seed:int=0) -> pd.DataFrame:
     "Per-group AUC, AP and fake accuracy of each group of fakes against the reals (optionally with 95% CIs)."
     for c in (by, score, label):
-        if c not in df.columns: raise DflabError(f"breakdown: column '{c}' not in the predictions ({', '.join(df.columns)})")
+        if c not in df.columns:
+            raise DflabError(f"breakdown: column '{c}' not in the predictions ({', '.join(df.columns)})")
     fakes = df[df[label] == 1]
     rows = []
     for g, part in fakes.groupby(by, sort=True, dropna=True):
         neg = df[df[label] == 0] if reals == 'all' else df[(df[label] == 0) & (df[by] == g)]
         if len(neg) == 0: raise DflabError(f"breakdown by {by}: no real images to compare group '{g}' with")
-        yy = np.r_[np.zeros(len(neg), int), np.ones(len(part), int)]; ss = np.r_[neg[score].to_numpy(float), part[score].to_numpy(float)]
+        yy = np.r_[np.zeros(len(neg), int), np.ones(len(part), int)]
+        ss = np.r_[neg[score].to_numpy(float), part[score].to_numpy(float)]
         r = {by: g, 'n_fake': len(part), 'n_real': len(neg), 'auc': roc_auc(yy, ss), 'ap': average_precision(yy, ss),
              'fake_acc': float((part[score].to_numpy(float) >= threshold).mean())}
         if reals == 'same': r['real_acc'] = float((neg[score].to_numpy(float) < threshold).mean())
@@ -176,15 +190,21 @@ def breakdown(df:pd.DataFrame, # one row per sample with label, score and the gr
 # %% ../nbs/14_metrics.ipynb #34f1f208
 def _check_ident(y, scores=None, pred=None):
     y = np.asarray(y)
-    if y.ndim != 1 or len(y) == 0: raise DflabError("identification: labels must be a non-empty 1-d array of class indices")
+    if y.ndim != 1 or len(y) == 0:
+        raise DflabError("identification: labels must be a non-empty 1-d array of class indices")
     if scores is not None:
         scores = np.asarray(scores, dtype=float)
-        if scores.ndim != 2 or len(scores) != len(y): raise DflabError(f"identification: scores must be (n, classes) with n={len(y)}, got {scores.shape}")
-        if not np.isfinite(scores).all(): raise DflabError(f"identification: {int((~np.isfinite(scores)).sum())} class score(s) are NaN or infinite")
-        if y.min() < 0 or y.max() >= scores.shape[1]: raise DflabError(f"identification: labels must lie in [0, {scores.shape[1]})")
-    if pred is not None and len(np.asarray(pred)) != len(y): raise DflabError("identification: labels and predictions differ in length")
+        if scores.ndim != 2 or len(scores) != len(y):
+            raise DflabError(f"identification: scores must be (n, classes) with n={len(y)}, got {scores.shape}")
+        if not np.isfinite(scores).all():
+            raise DflabError(f"identification: {int((~np.isfinite(scores)).sum())} class score(s) are NaN or infinite")
+        if y.min() < 0 or y.max() >= scores.shape[1]:
+            raise DflabError(f"identification: labels must lie in [0, {scores.shape[1]})")
+    if pred is not None and len(np.asarray(pred)) != len(y):
+        raise DflabError("identification: labels and predictions differ in length")
     return y.astype(int), scores
 
+# %% ../nbs/14_metrics.ipynb #ee64830d
 def topk_accuracy(y, scores, k:int=1) -> float:
     "Fraction of samples whose true class ranks in the top `k` (ties count against the true class)."
     y, sc = _check_ident(y, scores)
@@ -192,19 +212,23 @@ def topk_accuracy(y, scores, k:int=1) -> float:
     rank = (sc >= true[:, None]).sum(1) - 1          # other classes scoring at least as high
     return float((rank < k).mean())
 
+# %% ../nbs/14_metrics.ipynb #c079088a
 def confusion_matrix(y, pred, n_classes:int|None=None) -> np.ndarray:
-    "Counts C[i, j] of samples of true class i predicted as j."
+    "Counts C[i, j] of samples of true class i predicted as j (scikit-learn)."
     y, _ = _check_ident(y, pred=pred); pred = np.asarray(pred).astype(int)
     n = n_classes or int(max(y.max(), pred.max())) + 1
-    return np.bincount(y * n + pred, minlength=n * n).reshape(n, n)
+    if min(y.min(), pred.min()) < 0 or max(y.max(), pred.max()) >= n:
+        raise DflabError(f"identification: labels and predictions must lie in [0, {n})")
+    return skm.confusion_matrix(y, pred, labels=np.arange(n))
 
+# %% ../nbs/14_metrics.ipynb #ba499c6b
 def macro_f1(y, pred, n_classes:int|None=None) -> float:
     "Unweighted mean F1 over classes present in labels or predictions (scikit-learn's average='macro')."
-    C = confusion_matrix(y, pred, n_classes)
-    tp = np.diag(C); support = C.sum(1) + C.sum(0)
-    present = support > 0
-    return float(np.mean(2 * tp[present] / support[present]))
+    confusion_matrix(y, pred, n_classes)                  # validates lengths and class range
+    return float(skm.f1_score(np.asarray(y).astype(int), np.asarray(pred).astype(int), average='macro',
+                              zero_division=0.0))
 
+# %% ../nbs/14_metrics.ipynb #00711175
 def identification_metrics(y, scores, names:list[str]|None=None) -> dict:
     "Top-1, top-5, macro-F1 and the confusion matrix of class scores (n, classes)."
     y, sc = _check_ident(y, scores)

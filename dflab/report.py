@@ -8,8 +8,9 @@ import io, json, math
 from pathlib import Path
 import numpy as np
 import pandas as pd
+from sklearn import metrics as skm
 from .core import DflabError, atomic_write
-from .metrics import roc_points, detection_metrics, breakdown, average_precision, roc_auc
+from .metrics import roc_points, detection_metrics, breakdown, average_precision, roc_auc, check_binary
 
 # %% auto #0
 __all__ = ['GROUPINGS', 'write_json', 'write_csv', 'save_figure', 'plot_roc', 'plot_pr', 'plot_score_hist', 'plot_breakdown',
@@ -30,11 +31,13 @@ def write_json(obj, path) -> Path:
     with atomic_write(path, 'w') as f: json.dump(_plain(obj), f, indent=2)
     return Path(path)
 
+# %% ../nbs/15_report.ipynb #92ae2081
 def write_csv(df:pd.DataFrame, path) -> Path:
     "Write a table as CSV atomically, without the index."
     with atomic_write(path, 'w') as f: df.to_csv(f, index=False)
     return Path(path)
 
+# %% ../nbs/15_report.ipynb #3b6d9d8e
 def save_figure(fig, path, dpi:int=120) -> Path:
     "Save a matplotlib figure as PNG atomically."
     with atomic_write(path, 'wb') as f: fig.savefig(f, format='png', dpi=dpi, bbox_inches='tight')
@@ -54,25 +57,26 @@ def plot_roc(curves:dict, # name -> (labels, scores)
     fig, ax = _fig()
     for name, (y, s) in curves.items():
         fpr, tpr, _ = roc_points(y, s)
-        sns.lineplot(x=fpr, y=tpr, ax=ax, label=f"{name} (AUC {roc_auc(y, s):.3f})", drawstyle='steps-post', errorbar=None, sort=False)
+        sns.lineplot(x=fpr, y=tpr, ax=ax, label=f"{name} (AUC {roc_auc(y, s):.3f})", drawstyle='steps-post',
+                     errorbar=None, sort=False)
     ax.plot([0, 1], [0, 1], ls='--', c='grey', lw=1)
     ax.set(xlabel='false positive rate', ylabel='true positive rate', title=title, xlim=(0, 1), ylim=(0, 1.01))
     return fig
 
+# %% ../nbs/15_report.ipynb #01239ff4
 def plot_pr(curves:dict, title:str='Precision-recall curve'):
-    "Precision-recall curves with average precision in the legend."
+    "Precision-recall curves (scikit-learn's `precision_recall_curve`) with average precision in the legend."
     import seaborn as sns
     fig, ax = _fig()
     for name, (y, s) in curves.items():
-        y = np.asarray(y); s = np.asarray(s, float)
-        order = np.argsort(-s, kind='mergesort'); ys, ss = y[order], s[order]
-        last = np.r_[np.nonzero(np.diff(ss))[0], len(ss) - 1]
-        tps = np.cumsum(ys)[last]
-        sns.lineplot(x=np.r_[0, tps / ys.sum()], y=np.r_[1, tps / (last + 1)], ax=ax, drawstyle='steps-post',
+        y, s = check_binary(y, s, need_both=True, what='PR curve')
+        precision, recall, _ = skm.precision_recall_curve(y, s)
+        sns.lineplot(x=recall[::-1], y=precision[::-1], ax=ax, drawstyle='steps-post',
                      label=f"{name} (AP {average_precision(y, s):.3f})", errorbar=None, sort=False)
     ax.set(xlabel='recall', ylabel='precision', title=title, xlim=(0, 1), ylim=(0, 1.01))
     return fig
 
+# %% ../nbs/15_report.ipynb #96884096
 def plot_score_hist(df:pd.DataFrame, score:str='score', by:str='generator', threshold:float|None=0.5,
                     title:str='Scores by generator'):
     "Histogram of scores for each value of `by` (reals and each generator), with the decision threshold."
@@ -83,6 +87,7 @@ def plot_score_hist(df:pd.DataFrame, score:str='score', by:str='generator', thre
     ax.set(title=title, xlabel='score (P(fake))')
     return fig
 
+# %% ../nbs/15_report.ipynb #ee2ea227
 def plot_breakdown(table:pd.DataFrame, by:str='generator', metric:str='auc', title:str|None=None):
     "Bar chart of a per-group metric, with bootstrap 95% intervals when the table has `<metric>_lo/_hi`."
     import seaborn as sns
@@ -96,35 +101,48 @@ def plot_breakdown(table:pd.DataFrame, by:str='generator', metric:str='auc', tit
     ax.tick_params(axis='x', rotation=30)
     return fig
 
-# %% ../nbs/15_report.ipynb #5b347002
+# %% ../nbs/15_report.ipynb #7e55f0e0
 GROUPINGS = {'generator': 'all', 'family': 'all', 'category': 'same'}  # column -> which reals to compare with
 
+def _check_pred(df:pd.DataFrame, threshold:float, split:str):
+    "A `pred` column must be `score >= threshold`, or the report would contradict the predictions file."
+    if 'pred' not in df: return
+    off = df['pred'].to_numpy().astype(int) != (df['score'] >= threshold).to_numpy().astype(int)
+    if off.any():
+        raise DflabError(f"write_evaluation: {int(off.sum())} of {len(df)} {split} rows have a pred that is not "
+                         f"score >= {threshold!r}; pass the threshold the predictions were made with")
+
+# %% ../nbs/15_report.ipynb #42d2cff8
 def write_evaluation(out_dir, # the run directory (or a sub-directory of it for a new evaluation)
-                     preds:pd.DataFrame, # evaluated split: columns label, score and optional generator/family/category
-                     val:pd.DataFrame|None=None, # validation predictions, used only to choose the threshold
-                     threshold:float|None=None, # a threshold chosen before (used when `val` is None)
+                     preds:pd.DataFrame, # evaluated split: label, score and optional pred/generator/family/category
+                     val:pd.DataFrame|None=None, # validation rows: written and plotted, never used to pick a threshold
+                     threshold:float|None=None, # THE decision threshold, chosen on validation earlier (the Trainer's)
                      prefix:str='test', # split name: test_metrics.json, test_predictions.csv
                      title:str='dflab evaluation', n_boot:int=1000, extra:dict|None=None,
                      plots:bool=True) -> dict: # False skips the PNGs (they take about a second each on a small CPU)
-    "Compute metrics and breakdowns for `preds` and write predictions, metrics, plots and report.md to `out_dir`."
+    "Compute metrics and breakdowns for `preds` at `threshold` and write predictions, metrics, plots and report.md."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     y, s = preds['label'].to_numpy(), preds['score'].to_numpy(float)
-    vals = (val['label'].to_numpy(), val['score'].to_numpy(float)) if val is not None else None
-    m = detection_metrics(y, s, val=vals, threshold=threshold, ci=n_boot > 0, n_boot=n_boot)
+    if threshold is not None:
+        threshold = float(threshold)
+        for df, split in ((preds, prefix), (val, 'val')):
+            if df is not None: _check_pred(df, threshold, split)
+    m = detection_metrics(y, s, threshold=threshold, ci=n_boot > 0, n_boot=n_boot)
     tables = {}
     for col, reals in GROUPINGS.items():
         if col in preds and preds.loc[preds.label == 1, col].nunique(dropna=True) >= 1 and preds[col].notna().any():
             try: tables[col] = breakdown(preds, by=col, reals=reals, ci=n_boot > 0, n_boot=n_boot)
             except DflabError: continue      # e.g. categories without their own reals
     metrics = {**(extra or {}), prefix: m, **{f'per_{c}': t.to_dict('records') for c, t in tables.items()}}
-    all_preds = pd.concat([val.assign(split='val'), preds.assign(split=prefix)]) if val is not None else preds.assign(split=prefix)
+    all_preds = pd.concat(([] if val is None else [val.assign(split='val')]) + [preds.assign(split=prefix)])
     write_csv(all_preds, out/'predictions.csv'); write_json(metrics, out/'metrics.json')
     write_csv(preds, out/f'{prefix}_predictions.csv'); write_json(m, out/f'{prefix}_metrics.json')
     curves = {prefix: (y, s)}
-    if vals is not None: curves = {'val': vals, **curves}
+    if val is not None: curves = {'val': (val['label'].to_numpy(), val['score'].to_numpy(float)), **curves}
     if plots:
         save_figure(plot_roc(curves), out/'roc_curve.png'); save_figure(plot_pr(curves), out/'pr_curve.png')
-        if 'generator' in preds: save_figure(plot_score_hist(preds, threshold=m.get('val_threshold', 0.5)), out/'score_hist.png')
+        if 'generator' in preds:
+            save_figure(plot_score_hist(preds, threshold=m.get('val_threshold', 0.5)), out/'score_hist.png')
     for c, t in tables.items():
         write_csv(t, out/f'per_{c}.csv')
         if plots: save_figure(plot_breakdown(t, by=c), out/f'per_{c}.png')
@@ -142,23 +160,28 @@ def _md_table(df:pd.DataFrame) -> str:
     lines += ['| ' + ' | '.join(_fmt(v) for v in row) + ' |' for row in df.itertuples(index=False)]
     return '\n'.join(lines)
 
-def write_text_report(path, m:dict, tables:dict, title:str='dflab evaluation', prefix:str='test', extra:dict|None=None) -> Path:
+def write_text_report(path, m:dict, tables:dict, title:str='dflab evaluation', prefix:str='test',
+                      extra:dict|None=None) -> Path:
     "Write report.md: headline metrics with intervals, per-group tables and the plots."
     ci = m.get('ci95', {})
-    head = [('AUC', 'auc'), ('AP', 'ap'), ('EER', 'eer'), ('TPR @ 1% FPR', 'tpr_at_fpr_1'), ('TPR @ 5% FPR', 'tpr_at_fpr_5'),
-            ('accuracy @ 0.5', 'acc'), ('real acc @ 0.5', 'real_acc'), ('fake acc @ 0.5', 'fake_acc'), ('F1 @ 0.5', 'f1'),
+    head = [('AUC', 'auc'), ('AP', 'ap'), ('EER', 'eer'), ('TPR @ 1% FPR', 'tpr_at_fpr_1'),
+            ('TPR @ 5% FPR', 'tpr_at_fpr_5'), ('accuracy @ 0.5', 'acc'), ('real acc @ 0.5', 'real_acc'),
+            ('fake acc @ 0.5', 'fake_acc'), ('F1 @ 0.5', 'f1'),
             ('accuracy @ val threshold', 'acc_val'), ('real acc @ val threshold', 'real_acc_val'),
             ('fake acc @ val threshold', 'fake_acc_val'), ('ECE', 'ece')]
-    rows = [f"| {name} | {_fmt(m.get(k))} | {('[' + ', '.join(_fmt(x) for x in ci[k]) + ']') if k in ci else ''} |" for name, k in head if k in m]
+    ival = lambda k: ('[' + ', '.join(_fmt(x) for x in ci[k]) + ']') if k in ci else ''
+    rows = [f"| {name} | {_fmt(m.get(k))} | {ival(k)} |" for name, k in head if k in m]
     txt = [f'# {title}', '', f"{m['n']} images on the {prefix} split ({m['n_real']} real, {m['n_fake']} fake)."]
-    if 'val_threshold' in m: txt.append(f"Threshold chosen on the validation split: {m['val_threshold']:.4f}.")
+    if 'val_threshold' in m:
+        txt.append(f"Threshold chosen on the validation split: {m['val_threshold']:.4f} (fake if score >= threshold; "
+                   "the `pred` column and the accuracies '@ val threshold').")
     if extra: txt += ['', *[f"- {k}: {v}" for k, v in extra.items() if not isinstance(v, (dict, list))]]
     here = Path(path).parent
     txt += ['', '| metric | value | 95% CI |', '|---|---|---|', *rows]
     if (here/'roc_curve.png').exists(): txt += ['', '![ROC](roc_curve.png) ![PR](pr_curve.png)']
     for c, t in tables.items():
-        txt += ['', f'## Per {c} (fakes of each {c} vs {"the reals of the same " + c if GROUPINGS.get(c) == "same" else "all reals"})', '',
-                _md_table(t)]
+        vs = "the reals of the same " + c if GROUPINGS.get(c) == "same" else "all reals"
+        txt += ['', f'## Per {c} (fakes of each {c} vs {vs})', '', _md_table(t)]
         if (here/f'per_{c}.png').exists(): txt += ['', f'![per {c}](per_{c}.png)']
     if (here/'score_hist.png').exists(): txt += ['', '## Score distributions', '', '![scores](score_hist.png)']
     with atomic_write(path, 'w') as f: f.write('\n'.join(txt) + '\n')
