@@ -46,3 +46,20 @@ def test_get_benchmark_race(tmp_path):
     assert all(p.returncode == 0 for p in ps) and outs[0] == outs[1]
     assert sorted(x.name for x in (tmp_path/'synth').iterdir()) == [f'{VERSION}-tiny-5-32px']
     assert (Path(outs[0])/'benchmark.json').exists()
+
+@pytest.mark.parametrize('how', ['stdin', 'unguarded-script'])
+def test_pool_needs_no_importable_main(tmp_path, how):
+    "A 2-process build from a script read on stdin (no importable __main__) or from a script without a main guard."
+    code = ("from dflab.synth import get_benchmark\n"
+            "print(get_benchmark('tiny', 7, size=32, workers=2))\n")
+    env = {**os.environ, 'DFLAB_CACHE': str(tmp_path/'cache')}
+    if how == 'stdin': cmd, stdin = [sys.executable, '-'], code
+    else:
+        (tmp_path/'script.py').write_text(code)
+        cmd, stdin = [sys.executable, str(tmp_path/'script.py')], None
+    r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert 'BrokenProcessPool' not in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    out = Path(r.stdout.strip())
+    assert out == tmp_path/'cache'/'synth'/f'{VERSION}-tiny-7-32px' and (out/'benchmark.json').is_file()
+    assert len(list(out.rglob('*.png'))) == 450   # 400 images and 50 masks
