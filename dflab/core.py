@@ -197,14 +197,17 @@ def get_logger(name:str='dflab') -> logging.Logger:
 
 def setup_logging(log_file=None, # also write to this file (e.g. runs/x/run.log)
                   level:int|str=logging.INFO, console:bool=True) -> logging.Logger:
-    "Configure the `dflab` logger for the console and optionally a file; idempotent."
+    "Configure the `dflab` logger for the console (at `$DFLAB_LOG_LEVEL`, if set) and optionally a file; idempotent."
     log = logging.getLogger('dflab')
     log.setLevel(level)
     log.propagate = False
     for h in list(log.handlers):
         if getattr(h, '_dflab', False): log.removeHandler(h); h.close()
     handlers = []
-    if console: handlers.append(logging.StreamHandler(sys.stderr))
+    if console:
+        h = logging.StreamHandler(sys.stderr)
+        if os.environ.get('DFLAB_LOG_LEVEL'): h.setLevel(os.environ['DFLAB_LOG_LEVEL'].upper())   # e.g. WARNING: a quiet console
+        handlers.append(h)
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding='utf-8'))
