@@ -9,16 +9,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader, Dataset
 from .core import DflabError, RunConfig, from_dict, load_config, set_threads, to_dict
 from .data.manifest import is_image_name
 from .data.protocols import Perturb, parse_perturbations
 from .detectors import Detector, load_detector, read_detector_meta
 from .report import write_csv, write_evaluation
-from .train import (DataConfig, ModelConfig, OptimConfig, TrainRunConfig, encode_images, image_dataset,
+from .train import (DataConfig, ModelConfig, OptimConfig, TrainRunConfig, image_dataset,
                          load_manifest, make_splits, train)
 
 # %% auto #0
-__all__ = ['load_run', 'evaluate_run', 'predict_images', 'eval_main', 'predict_main', 'bench_train', 'bench_main']
+__all__ = ['load_run', 'encode_images', 'evaluate_run', 'predict_images', 'eval_main', 'predict_main', 'bench_train',
+           'bench_main']
 
 # %% ../nbs/13b_evaluate.ipynb #8d56f800
 def load_run(run_dir, which:str='best'):
@@ -52,6 +54,18 @@ def _eval_rows(cfg:TrainRunConfig, manifest, split:str|None) -> tuple[pd.DataFra
     if split not in ('train', 'val', 'test'): raise DflabError(f"split must be train, val, test or all, got '{split}'")
     data_cfg = cfg.data if manifest is None else from_dict(DataConfig, {**to_dict(cfg.data), 'protocol': 'in-distribution'})
     return df, make_splits(df, data_cfg)[split], src
+
+# %% ../nbs/13b_evaluate.ipynb #7247342c
+def encode_images(ds:Dataset, backbone, layer:str='final', batch_size:int=64,
+                  num_workers:int=0) -> tuple[torch.Tensor, np.ndarray]:
+    "Encode every image of `ds` with the backbone; returns (features (N, D), manifest indices)."
+    feats, idx = [], []
+    with torch.no_grad():
+        for b in DataLoader(ds, batch_size=batch_size, num_workers=num_workers):
+            x = b['image'].to(backbone.device)
+            f = backbone.encode_image(x) if layer == 'final' else backbone.forward_layers(x, (layer,))[layer]
+            feats.append(f.float().cpu()); idx.append(b['index'].numpy())
+    return torch.cat(feats), np.concatenate(idx)
 
 # %% ../nbs/13b_evaluate.ipynb #81068835
 def evaluate_run(run_dir, manifest=None, # a manifest DataFrame or Parquet path; None = the run's own data

@@ -21,9 +21,7 @@ __all__ = ['PHOTOS', 'GENERATORS', 'GENERATOR_NAMES', 'FAMILIES', 'COLOURS', 'TE
            'sample_crop', 'Generator', 'get_generator', 'tconv_kernel', 'colour_matrix', 'decoder_tile',
            'apply_generator', 'Thing', 'Scene', 'sample_thing', 'sample_scene', 'thing_alpha', 'texture_field', 'paint',
            'render_scene', 'sample_mask', 'inpaint', 'thing_for_mask', 'real_crop_for', 'build', 'tree_digest',
-           'get_benchmark', 'main', 'benchmark_manifest', 'load_arrays', 'residual', 'residual_spectrum',
-           'global_stats', 'shortcut_auc', 'baseline_features', 'baseline_classifier', 'baseline',
-           'baseline_manifest_features', 'fit_baseline']
+           'get_benchmark', 'main', 'benchmark_manifest']
 
 # %% ../nbs/05_synth.ipynb #c02bccea
 PHOTOS = {  # name -> how the prompt grammar names the scene (the "setting" slot)
@@ -495,131 +493,20 @@ def benchmark_manifest(scale:str='tiny', # 'tiny', 'small' or 'full'
                        seed:int=0, # the benchmark's seed
                        size:int=DEFAULT_SIZE, # image side
                        ):
-    "The cached benchmark's validated manifest (dflip3k layout), itself cached as Parquet beside it."
-    from dflab.data.manifest import read_manifest
+    "The cached benchmark's validated manifest (dflip3k layout, with content groups), cached as Parquet beside it."
+    import pandas as pd
+    from dflab.data.manifest import read_manifest, write_manifest
     from dflab.data.validate import build_dataset
     root = get_benchmark(scale, seed, size)
     out = root.parent/f'{root.name}.parquet'
     if out.exists():
         df = read_manifest(out)
-        if df.attrs.get('root') == str(root.resolve()): return df
+        if df.attrs.get('root') == str(root.resolve()) and df['group'].notna().any(): return df
     meta = json.loads((root/'benchmark.json').read_text())
     fam = {g: f for f, gs in meta['families'].items() for g in gs}
-    return build_dataset('dflip3k', root.resolve(), out, validate_images=True, workers=1, family_map=fam)
-
-# %% ../nbs/05_synth.ipynb #039a12a1
-def load_arrays(root) -> dict:
-    "All images of a built benchmark as float arrays with labels, generators, families and kinds (sorted by path)."
-    root = Path(root); meta = json.loads((root/'benchmark.json').read_text())
-    paths = sorted(meta['images'])
-    fam = {g: f for f, gs in meta['families'].items() for g in gs}
-    gen = np.array(['real' if p.startswith('real/') else p.split('/')[1] for p in paths])
-    return {'paths': paths, 'images': np.stack([np.asarray(Image.open(root/p)) for p in paths]).astype(np.float32),
-            'label': (gen != 'real').astype(int), 'generator': gen,
-            'family': np.array([fam.get(g, 'real') for g in gen]),
-            'kind': np.array([meta['images'][p]['kind'] for p in paths]),
-            'file_size': np.array([(root/p).stat().st_size for p in paths])}
-
-# %% ../nbs/05_synth.ipynb #7647aee2
-def residual(x:np.ndarray) -> np.ndarray:
-    "High-pass residual of float images (..., H, W, 3): the image minus its 3x3 local mean."
-    f = ndimage.uniform_filter(x, (0,)*(x.ndim-3) + (3, 3, 0), mode='mirror')
-    return x - f
-
-def residual_spectrum(x:np.ndarray) -> np.ndarray:
-    "Log power spectrum of the residual, averaged over channels: (N, H, W//2+1) for images (N, H, W, 3)."
-    F = np.abs(np.fft.rfft2(residual(x.astype(np.float64)), axes=(1, 2)))**2
-    return np.log(F.mean(3) + 1e-3)
-
-# %% ../nbs/05_synth.ipynb #d2621192
-def global_stats(A:dict) -> np.ndarray:
-    "Per-image shortcut features: per-channel mean and std, width, height, file size (N, 9)."
-    x = A['images']; n, h, w = x.shape[:3]
-    return np.c_[x.mean((1, 2)), x.std((1, 2)), np.full(n, w), np.full(n, h), A['file_size']]
-
-def shortcut_auc(A:dict, folds:int=5, seed:int=0) -> float:
-    "Cross-validated ROC AUC of a logistic regression on `global_stats` separating real from fake."
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    with threadpool_limits(1):
-        s = cross_val_predict(clf, global_stats(A), A['label'], cv=cv, method='predict_proba')[:, 1]
-    return float(roc_auc_score(A['label'], s))
-
-# %% ../nbs/05_synth.ipynb #238e3399
-def baseline_features(x:np.ndarray) -> np.ndarray:
-    "Residual log-spectrum (flattened) plus the residual's 3x3 channel covariance, for float images (N, H, W, 3)."
-    r = residual(x.astype(np.float64)).reshape(len(x), -1, 3)
-    c = np.einsum('npc,npd->ncd', r, r) / r.shape[1]
-    iu = np.triu_indices(3)
-    return np.c_[residual_spectrum(x).reshape(len(x), -1), c[:, iu[0], iu[1]]]
-
-def baseline_classifier(C:float=.05): # inverse regularisation of the logistic regression
-    "The baseline's unfitted classifier: standardised features into an L2-regularised logistic regression."
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
-
-def baseline(A:dict, # from `load_arrays`
-             seed:int=0, # of the half/half split
-             C:float=.05) -> dict: # inverse regularisation of the logistic regressions
-    "Train/test the residual-spectrum baseline: detection AUC, generator and family identification accuracy."
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(1):   # small problems: BLAS threads only contend (10x slower on a busy 2-core machine)
-        return _baseline(A, seed, C)
-
-def _baseline(A, seed, C):
-    from sklearn.metrics import roc_auc_score
-    X, y, g, fam, kind = baseline_features(A['images']), A['label'], A['generator'], A['family'], A['kind']
-    tr = np.random.default_rng(seed).random(len(y)) < .5; te = ~tr
-    lr = lambda: baseline_classifier(C)
-    det = lr().fit(X[tr], y[tr]); s = det.predict_proba(X)[:, 1]
-    out = {'auc': float(roc_auc_score(y[te], s[te]))}
-    for k in KINDS:
-        m = te & ((kind == k) | (y == 0))
-        if len(set(y[m])) == 2: out[f'auc_{k}'] = float(roc_auc_score(y[m], s[m]))
-    f = y == 1
-    ide = lr().fit(X[tr & f], g[tr & f]); pred = ide.predict(X[te & f]); true = g[te & f]
-    fmap = dict(zip(g, fam))
-    out['id_acc'] = float((pred == true).mean()); out['id_chance'] = 1 / len(set(g[f]))
-    out['family_acc'] = float(np.mean([fmap[p] == fmap[t] for p, t in zip(pred, true)]))
-    out['per_generator'] = {str(n): float((pred[true == n] == n).mean()) for n in sorted(set(true))}
-    return out
-
-# %% ../nbs/05_synth.ipynb #59f8a17c
-def baseline_manifest_features(manifest, # a dflab manifest (paths resolve against `manifest.attrs['root']`)
-                               positions=None, # row positions to compute; None: every row
-                               perturb=None, # optional PIL -> PIL degradation applied to each image first
-                               chunk:int=256) -> np.ndarray: # images per batch (bounds memory)
-    "`baseline_features` of manifest rows (N, F), in row order; every image must have the same size."
-    from dflab.data.datasets import load_image
-    from dflab.data.manifest import resolve_paths
-    paths = resolve_paths(manifest)
-    pos = np.arange(len(manifest)) if positions is None else np.asarray(positions, dtype=int)
-    out, shape = [], None
-    for i in range(0, len(pos), chunk):
-        ims = []
-        for p in pos[i:i + chunk]:
-            im = load_image(paths[p])
-            if perturb is not None: im = perturb(im)
-            a = np.asarray(im, dtype=np.float32)
-            if shape is None: shape = a.shape
-            if a.shape != shape:
-                raise DflabError(f"the residual-spectrum baseline needs images of one size: {paths[p]} is "
-                                 f"{a.shape[1]}x{a.shape[0]}, earlier ones {shape[1]}x{shape[0]}")
-            ims.append(a)
-        out.append(baseline_features(np.stack(ims)))
-    return np.concatenate(out) if out else np.zeros((0, 0))
-
-def fit_baseline(X:np.ndarray, # `baseline_features` of the training rows
-                 y, # their labels (0 real / 1 fake), or generator names for identification
-                 C:float=.05): # inverse regularisation
-    "The baseline classifier fitted on (X, y); score new rows with `.predict_proba(X)[:, 1]`."
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(1): return baseline_classifier(C).fit(X, np.asarray(y))
+    df = build_dataset('dflip3k', root.resolve(), out, validate_images=True, workers=1, family_map=fam)
+    # content groups: a real image and the fakes re-synthesised or inpainted from it (text-to-image fakes stand alone)
+    src = {p: r.get('source') for p, r in meta['images'].items()}
+    df['group'] = pd.array([p if y == 0 else src.get(p) for p, y in zip(df.path, df.label)], dtype='string')
+    write_manifest(df, out)
+    return df
