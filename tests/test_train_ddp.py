@@ -14,9 +14,9 @@ ENV = {**os.environ, 'DFLAB_THREADS': '1', 'OMP_NUM_THREADS': '1', 'MPLBACKEND':
 
 @pytest.mark.skipif(ACCELERATE is None, reason='accelerate is not installed')
 def test_two_processes_gather_each_sample_once(tmp_path):
-    # odd split sizes (101 test, 61 val) so DistributedSampler must pad one shard with a repeated sample
+    # odd split sizes (99 test, 59 val) so DistributedSampler must pad one shard with a repeated sample
     cfg = {'run': {'name': 'ddp', 'out_dir': str(tmp_path), 'threads': 1, 'device': 'cpu'},
-           'data': {'benchmark': 'tiny', 'test_fraction': 0.255, 'val_fraction': 0.155},
+           'data': {'benchmark': 'tiny', 'test_fraction': 0.25, 'val_fraction': 0.15},
            'model': {'detector': 'prompt-adapter'},
            'train': {'epochs': 2, 'lr': 3e-3, 'batch_size': 16, 'eval_batch_size': 8, 'n_boot': 0, 'plots': False, 'progress': False}}
     (tmp_path/'c.yaml').write_text(yaml.safe_dump(cfg))
@@ -28,12 +28,16 @@ def test_two_processes_gather_each_sample_once(tmp_path):
     run = tmp_path/'ddp'
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ['ddp']      # one run directory, not one per process
     assert '2 process(es)' in (run/'run.log').read_text()
+    from dflab.synth import benchmark_manifest
+    from dflab.train import DataConfig, make_splits
+    sizes = {k: len(v) for k, v in make_splits(benchmark_manifest('tiny'), DataConfig(**cfg['data'])).items()}
+    assert sizes['test'] % 2 and sizes['val'] % 2, sizes                           # both shards need padding
     preds = pd.read_csv(run/'predictions.csv')
-    for split, n in (('test', 101), ('val', 61)):
+    for split, n in (('test', sizes['test']), ('val', sizes['val'])):
         part = preds[preds.split == split]
         assert len(part) == n and part['index'].is_unique, (split, len(part))
     ddp = json.loads((run/'test_metrics.json').read_text())
-    assert ddp['n'] == 101
+    assert ddp['n'] == sizes['test']
     # the same saved model evaluated in one process gives the same metrics
     from dflab.cli import run_cli
     c = yaml.safe_load((run/'config.yaml').read_text())
