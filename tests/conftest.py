@@ -17,6 +17,9 @@ os.environ['DFLAB_RUNS'] = str(_SESSION/'runs')
 os.environ['XDG_CACHE_HOME'] = str(_SESSION/'xdg')    # even code that drops DFLAB_CACHE stays out of ~/.cache
 SESSION_ENV = {k: os.environ[k] for k in ('DFLAB_CACHE', 'DFLAB_RUNS', 'XDG_CACHE_HOME')}
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow_cells: a notebook with #| slow cells (run them with DFLAB_TEST_FLAGS=slow)')
+
 @pytest.fixture
 def root() -> Path: return ROOT
 

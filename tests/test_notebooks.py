@@ -20,7 +20,11 @@ def _skip_flags():
     forced = os.environ.get('DFLAB_TEST_FLAGS', '').split()
     return [f for f in flags if f not in forced], forced
 
-@pytest.mark.parametrize('nb', list(_notebooks()), ids=lambda p: str(p.relative_to(NBS)))
+def _param(nb):
+    "A notebook with `#| slow` cells is also marked `slow_cells`, so a job can run just those with their slow cells on."
+    return pytest.param(nb, marks=[pytest.mark.slow_cells] if '#| slow' in nb.read_text() else [])
+
+@pytest.mark.parametrize('nb', [_param(p) for p in _notebooks()], ids=lambda p: str(p.relative_to(NBS)))
 def test_notebook(nb):
     skip, force = _skip_flags()
     ok, secs = run_notebook(nb, skip_flags=skip, force_flags=force, basepath=ROOT)
