@@ -7,15 +7,14 @@ from __future__ import annotations
 import math
 import numpy as np
 import pandas as pd
-from scipy import stats
 import sklearn
 from sklearn import metrics as skm
 from .core import DflabError
 
 # %% auto #0
 __all__ = ['THRESHOLD_CRITERIA', 'check_binary', 'roc_points', 'roc_auc', 'average_precision', 'eer', 'tpr_at_fpr', 'accuracy_at',
-           'choose_threshold', 'ece', 'bootstrap_ci', 'detection_metrics', 'breakdown', 'topk_accuracy',
-           'confusion_matrix', 'macro_f1', 'identification_metrics']
+           'choose_threshold', 'ece', 'bootstrap_ci', 'bootstrap_detection', 'detection_metrics', 'breakdown',
+           'topk_accuracy', 'confusion_matrix', 'macro_f1', 'identification_metrics']
 
 # %% ../nbs/14_metrics.ipynb #6c2082be
 def check_binary(y, # labels, 0 real / 1 fake
@@ -131,10 +130,69 @@ def bootstrap_ci(fn, # metric fn(y, score) -> float
         yy = np.repeat(classes, [len(parts[c]) for c in classes])
         return float(fn(yy, np.concatenate([parts[c] for c in classes])))
     if not free: v = stat(); return v, v
+    from scipy import stats
     with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):   # checked once above
         res = stats.bootstrap([groups[c] for c in free], stat, n_resamples=n_boot, confidence_level=1 - alpha,
                               method='percentile', vectorized=False, batch=100, rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+# %% ../nbs/14_metrics.ipynb #e6213d90
+def _draw_counts(k:int, n_boot:int, rng) -> np.ndarray:
+    "(n_boot, k) int32 counts of each of k samples in `n_boot` draws of k with replacement (k = 1: held fixed)."
+    if k <= 1: return np.ones((n_boot, k), np.int32)
+    d = rng.integers(0, k, size=(n_boot, k)) + (np.arange(n_boot) * k)[:, None]
+    return np.bincount(d.ravel(), minlength=n_boot * k).reshape(n_boot, k).astype(np.int32)
+
+
+# %% ../nbs/14_metrics.ipynb #62155c49
+def _sorted_scores(y:np.ndarray, s:np.ndarray):
+    "Scores sorted descending, with the number of fakes and reals at or above each distinct score."
+    order = np.argsort(-s, kind='mergesort'); ys, ss = y[order], s[order]
+    ends = np.r_[np.flatnonzero(np.diff(ss) != 0), len(ss) - 1]         # last row of each distinct score
+    c1 = np.cumsum(ys)[ends]
+    return order, ys, ss, c1, (ends + 1) - c1
+
+def _weighted_metrics(ys, ss, c1, c0, W1, W0, thresholds:dict, which=('auc', 'ap', 'eer')) -> dict[str, np.ndarray]:
+    "AUC, AP, EER and accuracies at `thresholds` of each replicate: fakes drawn `W1`, reals `W0` times (sorted order)."
+    B = len(W1); z = np.zeros((B, 1), np.int32)
+    cum1, cum0 = np.hstack([z, np.cumsum(W1, 1, dtype=np.int32)]), np.hstack([z, np.cumsum(W0, 1, dtype=np.int32)])
+    tp, fp = cum1[:, c1].astype(float), cum0[:, c0].astype(float)       # the weighted ROC curve, one row a replicate
+    P, N = tp[:, -1:], fp[:, -1:]
+    tpr, fpr = np.hstack([z, tp / P]), np.hstack([z, fp / N])          # from its origin
+    out = {}
+    if 'auc' in which: out['auc'] = (np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1])).sum(1) / 2   # ties count 1/2
+    if 'ap' in which:
+        with np.errstate(invalid='ignore', divide='ignore'): prec = np.nan_to_num(tp / (tp + fp))
+        out['ap'] = (np.diff(tpr, axis=1) * prec).sum(1)               # a threshold no drawn row reaches adds 0
+    if 'eer' in which:
+        d = (1 - tpr) - fpr                                             # as in `eer`: first point at or past d = 0
+        i = np.argmax(d <= 0, axis=1); r = np.arange(B); p = np.maximum(i - 1, 0)
+        exact = (i == 0) | (d[r, i] == 0)
+        with np.errstate(invalid='ignore', divide='ignore'): t = np.where(exact, 0.0, d[r, p] / (d[r, p] - d[r, i]))
+        out['eer'] = np.where(exact, fpr[r, i], fpr[r, p] + t * (fpr[r, i] - fpr[r, p]))
+    for k, thr in thresholds.items():                                   # fakes at or above thr + reals below it
+        j1 = int(ys[ss >= thr].sum()); j0 = int((ss >= thr).sum()) - j1
+        out[k] = (cum1[:, j1] + (N[:, 0] - cum0[:, j0])) / len(ys)
+    return out
+
+
+# %% ../nbs/14_metrics.ipynb #554de687
+def bootstrap_detection(y, score, n_boot:int=1000, alpha:float=0.05, seed:int=0,
+                        thresholds:dict|None=None, # name -> threshold: accuracy intervals at each
+                        which=('auc', 'ap', 'eer'), # rank metrics to bootstrap
+                        chunk:int=4_000_000) -> dict[str, tuple[float, float]]: # at most this many weights at once
+    "Stratified percentile bootstrap (1 - alpha) intervals of AUC, AP, EER and accuracies, all replicates at once."
+    y, s = check_binary(y, score, need_both=True, what='bootstrap')
+    _, ys, ss, c1, c0 = _sorted_scores(y, s)
+    n1 = int(ys.sum()); rng, vals = np.random.default_rng(seed), []
+    step = max(1, min(n_boot, chunk // len(y)))
+    for b in range(0, n_boot, step):
+        m = min(step, n_boot - b)
+        vals.append(_weighted_metrics(ys, ss, c1, c0, _draw_counts(n1, m, rng), _draw_counts(len(y) - n1, m, rng),
+                                      thresholds or {}, which))
+    q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
+    return {k: tuple(float(v) for v in np.percentile(np.concatenate([p[k] for p in vals]), q)) for k in vals[0]}
+
 
 # %% ../nbs/14_metrics.ipynb #6aaabd73
 def detection_metrics(y, score, # labels and P(fake) scores of the evaluated set
@@ -157,10 +215,8 @@ def detection_metrics(y, score, # labels and P(fake) scores of the evaluated set
         out.update({f'{k}_val': v for k, v in accuracy_at(y, s, threshold).items()})
     out['ece'] = ece(y, s) if s.min() >= 0 and s.max() <= 1 else None
     if ci:
-        fns = {'auc': roc_auc, 'ap': average_precision, 'eer': lambda a, b: eer(a, b)[0],
-               'acc': lambda a, b: accuracy_at(a, b, 0.5)['acc']}
-        if threshold is not None: fns['acc_val'] = lambda a, b: accuracy_at(a, b, threshold)['acc']
-        out['ci95'] = {k: list(bootstrap_ci(f, y, s, n_boot=n_boot, seed=seed)) for k, f in fns.items()}
+        thr = {'acc': 0.5, **({'acc_val': threshold} if threshold is not None else {})}
+        out['ci95'] = {k: list(v) for k, v in bootstrap_detection(y, s, n_boot, seed=seed, thresholds=thr).items()}
     return out
 
 # %% ../nbs/14_metrics.ipynb #fce022d8
@@ -183,7 +239,7 @@ def breakdown(df:pd.DataFrame, # one row per sample with label, score and the gr
         r = {by: g, 'n_fake': len(part), 'n_real': len(neg), 'auc': roc_auc(yy, ss), 'ap': average_precision(yy, ss),
              'fake_acc': float((part[score].to_numpy(float) >= threshold).mean())}
         if reals == 'same': r['real_acc'] = float((neg[score].to_numpy(float) < threshold).mean())
-        if ci: r['auc_lo'], r['auc_hi'] = bootstrap_ci(roc_auc, yy, ss, n_boot=n_boot, seed=seed)
+        if ci: r['auc_lo'], r['auc_hi'] = bootstrap_detection(yy, ss, n_boot, seed=seed, which=('auc',))['auc']
         rows.append(r)
     return pd.DataFrame(rows)
 
