@@ -18,10 +18,13 @@ offline_mode()   # must run before open_clip / huggingface_hub are imported, or 
 if 'huggingface_hub' in sys.modules and os.environ.get('HF_HUB_OFFLINE') == '1':
     sys.modules['huggingface_hub'].constants.HF_HUB_OFFLINE = True   # imported earlier by someone else
 import torch
-import open_clip
-from open_clip.transform import PreprocessCfg, image_transform_v2
 
 _log = get_logger('dflab.backbones')
+
+def _open_clip():
+    "open_clip, imported on first use: commands that read cached features never pay its import (seconds)."
+    import open_clip
+    return open_clip
 
 # %% auto #0
 __all__ = ['TINY_CONFIGS', 'DEFAULT_BACKBONE', 'FAMILIES', 'register_tiny_configs', 'BackboneFamily', 'register_backbone_family',
@@ -46,14 +49,14 @@ DEFAULT_BACKBONE = 'openclip:dflab-tiny'
 
 def register_tiny_configs() -> list[str]:
     "Register dflab's tiny open_clip configs with `open_clip.add_model_config` (idempotent); returns their names."
-    missing = [k for k in TINY_CONFIGS if k not in open_clip.list_models()]
+    missing = [k for k in TINY_CONFIGS if k not in _open_clip().list_models()]
     if missing:
         d = cache_dir()/'open_clip_configs'
         for name, cfg in TINY_CONFIGS.items():
             p = d/f'{name}.json'
             if not p.exists() or json.loads(p.read_text()) != cfg:
                 with atomic_write(p, 'w') as f: json.dump(cfg, f, indent=2)
-        open_clip.add_model_config(d)
+        _open_clip().add_model_config(d)
     return list(TINY_CONFIGS)
 
 # %% ../nbs/10_backbones.ipynb #8e29e81a
@@ -274,7 +277,7 @@ class _DropNoPretrained(logging.Filter):
 def _random_on_purpose(arch:str):
     "Silence open_clip's no-weights warning for `arch` while dflab creates it without weights on purpose."
     f = _DropNoPretrained(arch)
-    loggers = [logging.getLogger(), logging.getLogger(open_clip.factory.__name__)]   # open_clip logs on the root
+    loggers = [logging.getLogger(), logging.getLogger(_open_clip().factory.__name__)]   # open_clip logs on the root
     for l in loggers: l.addFilter(f)
     try: yield
     finally:
@@ -291,7 +294,7 @@ def _say_random(arch:str):
                   f"repeat exactly, but they carry no pretrained knowledge; name weights for that: openclip:ARCH@TAG "
                   f"or openclip:ARCH@/path/to/weights")
     else:
-        tags = open_clip.list_pretrained_tags_by_model(arch)
+        tags = _open_clip().list_pretrained_tags_by_model(arch)
         _log.warning(f"openclip:{arch} has random weights because no weights were named; its features carry no "
                      f"pretrained knowledge. Name them: openclip:{arch}@TAG"
                      + (f" ({', '.join(tags[:3])}{', ...' if len(tags) > 3 else ''})" if tags else '')
@@ -307,15 +310,15 @@ def _parse_openclip(rest:str) -> tuple[str, str|None]:
 def _openclip_names(pretrained:bool=False) -> list[str]:
     "dflab's tiny configs first, then every open_clip architecture (and 'arch@tag' with `pretrained`)."
     register_tiny_configs()
-    names = list(TINY_CONFIGS) + [m for m in open_clip.list_models() if m not in TINY_CONFIGS]
-    return names + ([f'{m}@{t}' for m, t in open_clip.list_pretrained()] if pretrained else [])
+    names = list(TINY_CONFIGS) + [m for m in _open_clip().list_models() if m not in TINY_CONFIGS]
+    return names + ([f'{m}@{t}' for m, t in _open_clip().list_pretrained()] if pretrained else [])
 
 # %% ../nbs/10_backbones.ipynb #a1d4185c
 @register_backbone_family('openclip', parse=_parse_openclip, names=_openclip_names)
 def _load_openclip(arch:str, weights:str|None, device, dtype, name:str) -> OpenClipBackbone:
     "open_clip: ARCH[@TAG|@FILE] (random weights without one), local-dir:DIR, and dflab's tiny configs."
     register_tiny_configs()
-    create = lambda **kw: open_clip.create_model_and_transforms(arch, device='cpu', **kw)
+    create = lambda **kw: _open_clip().create_model_and_transforms(arch, device='cpu', **kw)
     if arch.startswith('local-dir:'):
         d = Path(arch[len('local-dir:'):]).expanduser()
         if not (d/'open_clip_config.json').is_file():
@@ -323,12 +326,12 @@ def _load_openclip(arch:str, weights:str|None, device, dtype, name:str) -> OpenC
         try: model, _, pre = create()
         except Exception as e: raise DflabError(f"{name}: could not load {d}: {_first_lines(e)}") from None
     else:
-        if arch not in open_clip.list_models():
-            close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
+        if arch not in _open_clip().list_models():
+            close = difflib.get_close_matches(arch, _open_clip().list_models(), n=3)
             raise DflabError(f"unknown open_clip architecture '{arch}'"
                              + (f"; did you mean {', '.join(close)}?" if close else '')
                              + " (list_backbones() shows them all)")
-        tags = open_clip.list_pretrained_tags_by_model(arch)
+        tags = _open_clip().list_pretrained_tags_by_model(arch)
         if weights is None:
             with _random_on_purpose(arch): model, _, pre = _seeded(lambda: create(pretrained=None))
             _say_random(arch)
@@ -360,13 +363,13 @@ def _load_openclip(arch:str, weights:str|None, device, dtype, name:str) -> OpenC
 def _wrap_openclip(name, arch, weights, model, pre, device, dtype) -> OpenClipBackbone:
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     v = model.visual
-    vit = isinstance(v, open_clip.transformer.VisionTransformer)
+    vit = isinstance(v, _open_clip().transformer.VisionTransformer)
     return OpenClipBackbone(
         name=name, identity=f'openclip:{arch}', model=model, preprocess=pre, preprocess_cfg=dict(v.preprocess_cfg),
         embed_dim=int(getattr(v, 'output_dim', 0) or model.text_projection.shape[-1]),
         width=v.transformer.width if vit else 0, n_layers=len(v.transformer.resblocks) if vit else 0,
         grid=tuple(v.grid_size) if vit else (), weights=weights,
-        make_tokenizer=(lambda: open_clip.get_tokenizer(arch)) if hasattr(model, 'encode_text') else None)
+        make_tokenizer=(lambda: _open_clip().get_tokenizer(arch)) if hasattr(model, 'encode_text') else None)
 
 # %% ../nbs/10_backbones.ipynb #4bb9bce9
 class HFClipBackbone(Backbone):
@@ -394,8 +397,8 @@ def _hf_preprocess(d:Path, vcfg) -> dict:
     crop = p.get('crop_size', vcfg.image_size)
     crop = crop.get('height', crop.get('shortest_edge')) if isinstance(crop, dict) else crop
     size = int(crop or vcfg.image_size)
-    cfg = PreprocessCfg(size=(size, size), mean=tuple(p.get('image_mean', open_clip.OPENAI_DATASET_MEAN)),
-                        std=tuple(p.get('image_std', open_clip.OPENAI_DATASET_STD)), interpolation='bicubic',
+    cfg = _open_clip().transform.PreprocessCfg(size=(size, size), mean=tuple(p.get('image_mean', _open_clip().OPENAI_DATASET_MEAN)),
+                        std=tuple(p.get('image_std', _open_clip().OPENAI_DATASET_STD)), interpolation='bicubic',
                         resize_mode='shortest')
     return dict(cfg.__dict__)
 
@@ -406,7 +409,7 @@ def _hf_tokenizer(d:Path, context:int):
         tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
         return lambda texts: tok(texts, padding='max_length', truncation=True, max_length=context,
                                  return_tensors='pt')['input_ids']
-    return open_clip.tokenizer.SimpleTokenizer(context_length=context)
+    return _open_clip().tokenizer.SimpleTokenizer(context_length=context)
 
 # %% ../nbs/10_backbones.ipynb #b506bf52
 @register_backbone_family('hf-clip', parse=lambda rest: (rest, None))   # the rest is a directory; '@' is part of it
@@ -440,7 +443,7 @@ def _load_hf_clip(path:str, weights, device, dtype, name:str) -> HFClipBackbone:
     ctx = model.config.text_config.max_position_embeddings if has_text else 0
     g = vcfg.image_size // vcfg.patch_size
     return HFClipBackbone(name=name, identity=f'hf-clip:{cls.__name__}', model=model,
-                          preprocess=image_transform_v2(PreprocessCfg(**pcfg), is_train=False), preprocess_cfg=pcfg,
+                          preprocess=_open_clip().transform.image_transform_v2(_open_clip().transform.PreprocessCfg(**pcfg), is_train=False), preprocess_cfg=pcfg,
                           embed_dim=int(embed), width=vcfg.hidden_size, n_layers=vcfg.num_hidden_layers, grid=(g, g),
                           weights=str(d), make_tokenizer=(lambda: _hf_tokenizer(d, ctx)) if has_text else None)
 

@@ -25,8 +25,8 @@ from .report import write_csv, write_evaluation, write_json
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'SPLITS', 'DataConfig', 'ModelConfig', 'OptimConfig', 'TrainRunConfig', 'load_manifest', 'split_column',
-           'make_splits', 'FeatureSet', 'image_dataset', 'manifest_digest', 'Trainer', 'train', 'configs_dir',
-           'list_configs', 'config_path', 'train_main']
+           'make_splits', 'FeatureSet', 'FeatureBatches', 'image_dataset', 'manifest_digest', 'Trainer', 'train',
+           'configs_dir', 'list_configs', 'config_path', 'train_main']
 
 # %% ../nbs/13_train.ipynb #4ff0cfcd
 @dataclass
@@ -152,6 +152,22 @@ class FeatureSet(Dataset):
     def __getitem__(self, i):
         p = int(self.indices[i]); return {'features': self.feats[p], 'label': int(self.labels[p]), 'index': p}
 
+# %% ../nbs/13_train.ipynb #456ef4b1
+class FeatureBatches:
+    "Batches of a FeatureSet cut straight from its tensors in a sampler's order: no per-sample calls, no collate."
+    def __init__(self, ds:FeatureSet, sampler, batch_size:int, drop_last:bool=False):
+        self.ds, self.sampler, self.bs, self.drop_last = ds, sampler, batch_size, drop_last
+        self.labels = torch.as_tensor(ds.labels)
+    def __len__(self):
+        n = len(self.sampler)
+        return n // self.bs if self.drop_last else -(-n // self.bs)
+    def __iter__(self):
+        rows = torch.as_tensor(self.ds.indices[np.fromiter(iter(self.sampler), dtype=np.int64)])
+        for i in range(len(self)):
+            r = rows[i * self.bs:(i + 1) * self.bs]
+            yield {'features': self.ds.feats[r], 'label': self.labels[r], 'index': r}
+
+
 # %% ../nbs/13_train.ipynb #8bfdbfe8
 def image_dataset(manifest:pd.DataFrame, indices, transform, perturb=None) -> Subset:
     "Rows `indices` of a manifest as preprocessed images {'image', 'label', 'index'} (index = manifest row)."
@@ -194,7 +210,9 @@ class Trainer:
         self.cfg, self.callbacks = cfg, list(callbacks)
         m, t = cfg.model, cfg.train
         if m.finetune_backbone: m.cached = False
-        offline_mode(); set_threads(cfg.run.threads)
+        offline_mode()
+        # a small head on cached features runs fastest on one thread (several times faster on a busy 2-core machine)
+        set_threads(cfg.run.threads if cfg.run.threads is not None else (1 if m.cached else None))
         device = pick_device(cfg.run.device)
         self.acc = Accelerator(cpu=device.type == 'cpu', mixed_precision=_mixed_precision(t.mixed_precision, device))
         self.main = self.acc.is_main_process
@@ -219,17 +237,25 @@ class Trainer:
             (self.run/'manifest.sha256').write_text(f"{manifest_digest(self.manifest)}  {src}\n")
             self.log.info(f"splits ({cfg.data.protocol}): " +
                           ', '.join(f"{k} {len(v)} ({int(self.labels[v].sum())} fake)" for k, v in self.splits.items()))
-        # backbone, features and detector
+        # backbone and features: with a warm cache, the backbone is known by its cache record and never loaded
+        if m.cached and features is None and backbone is None:
+            from dflab.features import recall_features
+            backbone, features = recall_features(self.manifest, m.backbone, m.layer, device=self.acc.device) or (None, None)
+            if features is not None: self.log.info(f"features {tuple(features.shape)} of {m.backbone} [{m.layer}] from the cache")
         if backbone is None:
             from dflab.backbones import load_backbone
             backbone = load_backbone(m.backbone, device=self.acc.device)
-        self.backbone, self.features = backbone, features
         if m.cached and features is None:
             from dflab.features import extract
             t0 = time.time()
-            self.features = extract(self.manifest, backbone, layers=(m.layer,), batch_size=t.eval_batch_size,
-                                    num_workers=t.num_workers)[m.layer]
-            self.log.info(f"features {tuple(self.features.shape)} from {m.backbone} [{m.layer}] in {time.time() - t0:.1f}s")
+            features = extract(self.manifest, backbone, layers=(m.layer,), batch_size=t.eval_batch_size,
+                               num_workers=t.num_workers)[m.layer]
+            self.log.info(f"features {tuple(features.shape)} from {m.backbone} [{m.layer}] in {time.time() - t0:.1f}s")
+        from dflab.features import LazyBackbone
+        if m.cached and not isinstance(backbone, LazyBackbone) and hasattr(backbone, 'fingerprint'):
+            backbone = LazyBackbone.wrap(backbone)    # a loaded backbone: its text embeddings are cached too
+        self.backbone, self.features = backbone, features
+        torch.manual_seed(cfg.run.seed)   # the head's initialisation must not depend on what loading or extraction drew
         self.detector = create_detector(m.detector, in_dim=backbone.embed_dim, backbone=backbone, **m.options)
         if not m.cached: self.detector.attach(backbone, trainable=m.finetune_backbone)
 
@@ -243,7 +269,7 @@ def _dataset(self:Trainer, split:str, indices=None, perturb=None) -> Dataset:
 
 # %% ../nbs/13_train.ipynb #8f2b42a0
 @patch
-def _loader(self:Trainer, ds, train:bool, epoch:int=0) -> DataLoader:
+def _loader(self:Trainer, ds, train:bool, epoch:int=0):
     "A loader sharded over processes; training shuffles with (seed, epoch) and drops a last incomplete batch."
     t = self.cfg.train
     sampler = DistributedSampler(ds, num_replicas=self.acc.num_processes, rank=self.acc.process_index,
@@ -251,7 +277,9 @@ def _loader(self:Trainer, ds, train:bool, epoch:int=0) -> DataLoader:
     sampler.set_epoch(epoch)
     bs = t.batch_size if train else t.eval_batch_size
     # training drops a last incomplete batch (a batch of one breaks batch statistics); evaluation never drops
-    return DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=t.num_workers, drop_last=train and len(sampler) > bs)
+    drop = train and len(sampler) > bs
+    if isinstance(ds, FeatureSet): return FeatureBatches(ds, sampler, bs, drop)
+    return DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=t.num_workers, drop_last=drop)
 
 # %% ../nbs/13_train.ipynb #7f16207d
 @patch

@@ -18,7 +18,8 @@ from ..backbones import Backbone
 _log = get_logger('dflab.features')
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'file_sha256', 'image_hashes', 'backbone_key', 'cache_key', 'FeatureStore', 'cache_info', 'prune',
+__all__ = ['CACHE_VERSION', 'file_sha256', 'image_hashes', 'backbone_key', 'cache_key', 'FeatureStore', 'weights_stamp',
+           'remember_backbone', 'recall_backbone', 'LazyBackbone', 'recall_features', 'cache_info', 'prune',
            'cache_main']
 
 # %% ../../nbs/11a_features.cache.ipynb #5fab680e
@@ -61,6 +62,8 @@ def cache_key(bb:Backbone) -> str:
     return hashlib.sha256(json.dumps(backbone_key(bb), sort_keys=True).encode()).hexdigest()[:20]
 
 def _layer_dir(layer:str) -> str: return layer.replace(':', '-').replace('*', 'all')
+
+_AUX = ('names', 'text')   # beside the layer stores of a key: the names it was reached by, cached text embeddings
 
 # %% ../../nbs/11a_features.cache.ipynb #22af3ab7
 def _checksum(t:torch.Tensor) -> str:
@@ -147,6 +150,104 @@ class FeatureStore:
             for s in want: found[s] = t[row[s]]
         return found, missing
 
+# %% ../../nbs/11a_features.cache.ipynb #b36c1c76
+def weights_stamp(name:str) -> str|None:
+    "What stands behind a backbone name, without loading it: library versions and local weights files' size and mtime."
+    import importlib.metadata as md
+    from dflab.backbones import parse_name
+    try: _, arch, weights = parse_name(name)
+    except DflabError: return None
+    parts = [name]
+    for pkg in ('dflab', 'torch', 'open_clip_torch', 'transformers'):
+        try: parts.append(f'{pkg}={md.version(pkg)}')
+        except md.PackageNotFoundError: pass
+    for s in (weights, arch):
+        s = str(s or '').split('local-dir:', 1)[-1]
+        p = Path(s)
+        if s and p.exists():                                # a local file or directory named by the backbone
+            files = [p] if p.is_file() else sorted(f for f in p.rglob('*') if f.is_file())
+            parts += [f'{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}' for f in files]
+    return hashlib.sha256('\n'.join(parts).encode('utf-8', 'surrogateescape')).hexdigest()[:20]
+
+def _name_file(root, key:str, name:str) -> Path:
+    return Path(root)/key/'names'/(hashlib.sha256(name.encode()).hexdigest()[:16] + '.json')
+
+def remember_backbone(bb, root) -> None:
+    "Record that `bb.name` reaches its cache key (with the name's stamp and the backbone's width)."
+    stamp = weights_stamp(bb.name)
+    if stamp is None: return
+    f = _name_file(root, cache_key(bb), bb.name)
+    rec = {'name': bb.name, 'stamp': stamp, 'key': cache_key(bb), 'embed_dim': bb.embed_dim}
+    if f.is_file() and json.loads(f.read_text()) == rec: return
+    with atomic_write(f, 'w') as fh: json.dump(rec, fh)
+
+def recall_backbone(name:str, root=None) -> dict|None:
+    "The record of a backbone name whose stamp still matches (the newest, if several keys have one), or None."
+    root = Path(root) if root is not None else cache_dir()/'features'
+    files = list(root.glob(f"*/names/{hashlib.sha256(name.encode()).hexdigest()[:16]}.json")) if root.is_dir() else []
+    if not files: return None
+    stamp = weights_stamp(name)
+    recs = [json.loads(f.read_text()) | {'_t': f.stat().st_mtime} for f in files]
+    recs = [r for r in recs if r['name'] == name and r['stamp'] == stamp]
+    return max(recs, key=lambda r: r['_t']) if recs else None
+
+
+# %% ../../nbs/11a_features.cache.ipynb #c2848990
+class LazyBackbone:
+    "A backbone known from the feature cache: its name, key and width now, the model only on first real use."
+    def __init__(self, name:str, key:str, embed_dim:int, root=None, device=None, backbone=None):
+        self.name, self.key, self.embed_dim, self.device_ = name, key, embed_dim, device
+        self.root = Path(root) if root is not None else cache_dir()/'features'
+        self._bb = backbone
+
+    @classmethod
+    def wrap(cls, bb, root=None):
+        "A loaded backbone, with text embeddings served from (and written to) the cache."
+        return cls(bb.name, cache_key(bb), bb.embed_dim, root, backbone=bb)
+
+    @property
+    def loaded(self) -> bool: return self._bb is not None
+
+    def load(self):
+        "The real backbone (loaded now if it was not)."
+        if self._bb is None:
+            from dflab.backbones import load_backbone
+            self._bb = load_backbone(self.name, device=self.device_ or 'cpu')
+            if cache_key(self._bb) != self.key:
+                _log.warning(f"{self.name}: the loaded weights are not those of cache record {self.key}")
+        return self._bb
+
+    def __getattr__(self, k):
+        if k.startswith('__') or k == '_bb': raise AttributeError(k)
+        return getattr(self.load(), k)
+
+    def encode_text(self, texts:list[str]) -> torch.Tensor:
+        "Text embeddings, from the cache when these texts were encoded before by this backbone state."
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        f = self.root/self.key/'text'/(hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:20] + '.safetensors')
+        if f.is_file():
+            try: return load_file(str(f))['text']
+            except Exception: f.unlink(missing_ok=True)
+        with torch.no_grad(): t = self.load().encode_text(texts).float().cpu().contiguous()
+        with atomic_write(f, 'wb') as fh: fh.write(save({'text': t}))
+        return t
+
+
+# %% ../../nbs/11a_features.cache.ipynb #2268f44c
+def recall_features(manifest:pd.DataFrame, name:str, layer:str='final', root=None,
+                    device=None) -> tuple[LazyBackbone, torch.Tensor]|None:
+    "(an unloaded backbone, features (N, ...) of every row) when the cache holds them all for `name`, else None."
+    rec = recall_backbone(name, root)
+    if rec is None: return None
+    root = Path(root) if root is not None else cache_dir()/'features'
+    if not (root/rec['key']/_layer_dir(layer)).is_dir(): return None
+    try: shas = image_hashes(manifest)
+    except DflabError: return None
+    got, missing = FeatureStore(root, rec['key'], layer).get(shas)
+    if missing: return None
+    return LazyBackbone(name, rec['key'], rec['embed_dim'], root, device), torch.stack([got[s].float() for s in shas])
+
+
 # %% ../../nbs/11a_features.cache.ipynb #6df9bfc3
 def cache_info(cache=None) -> pd.DataFrame:
     "One row per (backbone, layer) in the cache: name, key, fingerprint, images, shards, MB, last write."
@@ -154,7 +255,7 @@ def cache_info(cache=None) -> pd.DataFrame:
     rows = []
     for meta in sorted(root.glob('*/backbone.json')):
         info = json.loads(meta.read_text())
-        for ld in sorted(p for p in meta.parent.iterdir() if p.is_dir()):
+        for ld in sorted(p for p in meta.parent.iterdir() if p.is_dir() and p.name not in _AUX):
             st = FeatureStore(root, meta.parent.name, ld.name)
             files = st.shard_files()
             rows.append({'backbone': info.get('name'), 'key': meta.parent.name, 'fingerprint': info['fingerprint'][:12],
@@ -189,7 +290,8 @@ def prune(cache=None, # cache directory; default cache_dir()/'features'
                 try: _read_shard(shard)
                 except ValueError: rm(shard); gone['shards'] += 1
             if not dry_run:
-                for ld in (p for p in kd.iterdir() if p.is_dir()): FeatureStore(root, kd.name, ld.name)   # reindex
+                for ld in (p for p in kd.iterdir() if p.is_dir() and p.name not in _AUX):
+                    FeatureStore(root, kd.name, ld.name)   # reindex
     return gone
 
 # %% ../../nbs/11a_features.cache.ipynb #87d58496

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save
 
 from ..core import DflabError, atomic_write, cache_dir, get_logger, set_threads
 from ..backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from .cache import FeatureStore, backbone_key, cache_key, file_sha256, image_hashes
+from .cache import FeatureStore, backbone_key, cache_key, file_sha256, image_hashes, remember_backbone
 
 _log = get_logger('dflab.features')
 
@@ -105,6 +105,7 @@ def extract(manifest:pd.DataFrame, # a dflab manifest (path, sha256, attrs['root
         meta = croot/key/'backbone.json'
         if not meta.is_file():
             with atomic_write(meta, 'w') as f: json.dump({**backbone_key(bb), 'name': bb.name, 'created': time.time()}, f, indent=1)
+        remember_backbone(bb, croot)
         stores = {l: FeatureStore(croot, key, l) for l in layers}
     # look up every layer; an image is computed if any layer misses it
     cached = {l: {} for l in layers}
