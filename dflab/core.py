@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #91feca69
 from __future__ import annotations
-import dataclasses, datetime, json, logging, os, random, socket, sys, tempfile, types, typing
+import dataclasses, datetime, json, logging, math, os, random, socket, sys, tempfile, types, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -13,17 +13,20 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 # %% auto #0
-__all__ = ['DflabError', 'ConfigError', 'runs_dir', 'cache_dir', 'atomic_write', 'from_dict', 'to_dict', 'RunConfig',
-           'deep_merge', 'parse_override', 'read_yaml', 'load_config', 'save_config', 'get_logger', 'setup_logging',
-           'Run', 'create_run', 'seed_everything', 'pick_device', 'pick_dtype', 'set_threads', 'online_allowed',
-           'offline_mode', 'network_reachable', 'require_network', 'setup_run']
+__all__ = ['positive', 'fraction', 'DflabError', 'ConfigError', 'runs_dir', 'cache_dir', 'atomic_write', 'Bound', 'at_least',
+           'between', 'checked', 'check_config', 'from_dict', 'to_dict', 'RunConfig', 'deep_merge', 'parse_override',
+           'read_yaml', 'load_config', 'save_config', 'get_logger', 'setup_logging', 'Run', 'create_run',
+           'seed_everything', 'pick_device', 'pick_dtype', 'set_threads', 'online_allowed', 'offline_mode',
+           'network_reachable', 'require_network', 'setup_run']
 
 # %% ../nbs/00_core.ipynb #c38bf795
 class DflabError(Exception):
-    "An error the user can fix; the CLI prints its message on one line and exits 1."
+    "An error the user can fix; the CLI prints its message on one line and exits with `exit_code`."
+    exit_code: int = 1
 
 class ConfigError(DflabError, ValueError):
-    "A configuration file, key or value is wrong."
+    "A configuration file, key or value is wrong: a usage error (exit code 2)."
+    exit_code: int = 2
 
 # %% ../nbs/00_core.ipynb #8516cfd9
 def runs_dir() -> Path:
@@ -105,10 +108,71 @@ def _coerce(value, tp, where:str):
     return value
 
 # %% ../nbs/00_core.ipynb #e7d826d7
+@dataclass(frozen=True)
+class Bound:
+    "A numeric range for a config value, `lo`/`hi` inclusive unless `*_open`; NaN and infinities never pass."
+    lo: float|None = None
+    hi: float|None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None: return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None: return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return 'a finite number'
+
+    def ok(self, v) -> bool:
+        "Whether the number `v` lies in the range."
+        if not math.isfinite(v): return False
+        if self.lo is not None and not (v > self.lo if self.lo_open else v >= self.lo): return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def check(self, v, where:str):
+        "`v` unchanged, or ConfigError naming `where` and the range; lists are checked item by item."
+        if isinstance(v, (list, tuple)):
+            for i, x in enumerate(v): self.check(x, f"{where}[{i}]")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and not self.ok(v):
+            raise ConfigError(f"{where}: must be {self}, got {v!r}")
+        return v
+
+positive = Bound(0, lo_open=True)   # > 0: epochs, batch sizes, learning rates
+fraction = Bound(0, 1)              # [0, 1]: split fractions, probabilities
+
+def at_least(x:float) -> Bound:
+    "The range `>= x` (e.g. `at_least(0)` for counts where 0 means none)."
+    return Bound(x)
+
+def between(lo:float, hi:float, lo_open:bool=False, hi_open:bool=False) -> Bound:
+    "The range from `lo` to `hi` (inclusive unless open)."
+    return Bound(lo, hi, lo_open, hi_open)
+
+def checked(default, # the field's default value
+            bound:Bound, # the range `from_dict` enforces
+            **kw): # more `dataclasses.field` arguments
+    "A dataclass field whose value must lie in `bound`: `epochs: int = checked(15, positive)`."
+    return field(default=default, metadata={'bound': bound}, **kw)
+
+def _check_fields(obj, where:str=''):
+    for f in fields(obj):
+        b = f.metadata.get('bound')
+        if b is not None: b.check(getattr(obj, f.name), f"{where}.{f.name}" if where else f.name)
+
+def check_config(cfg, # a config dataclass instance, e.g. built in Python rather than by `from_dict`
+                 where:str=''): # dotted prefix used in error messages
+    "Check every bounded field of `cfg` and of its sections, as `from_dict` does; returns `cfg`."
+    _check_fields(cfg, where)
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if is_dataclass(v) and not isinstance(v, type): check_config(v, f"{where}.{f.name}" if where else f.name)
+    return cfg
+
+# %% ../nbs/00_core.ipynb #7a6c6c91
 def from_dict(cls, # a dataclass type
               d:dict|None, # nested values, e.g. from YAML
               where:str=''): # dotted prefix used in error messages
-    "Build dataclass `cls` from nested dict `d`, rejecting unknown keys and wrong types with a message naming the key."
+    "Build dataclass `cls` from nested dict `d`, rejecting unknown keys, wrong types and out-of-range values by key."
     if d is None: d = {}
     if is_dataclass(d) and isinstance(d, cls): return d
     if not isinstance(d, dict): raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {d!r}")
@@ -119,7 +183,9 @@ def from_dict(cls, # a dataclass type
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise ConfigError(f"unknown config key '{key}'; valid keys{' in ' + where if where else ''}: {', '.join(names)}")
     kw = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in d.items()}
-    return cls(**kw)
+    obj = cls(**kw)
+    _check_fields(obj, where)
+    return obj
 
 def to_dict(cfg) -> dict:
     "Plain nested dict (YAML-safe: paths become strings, tuples lists) of a config dataclass."
@@ -138,7 +204,7 @@ class RunConfig:
     seed: int = 42                     # seeds python, numpy and torch
     deterministic: bool = False        # opt-in deterministic kernels (slower)
     device: str = 'auto'               # auto | cpu | cuda | cuda:N | mps
-    threads: int|None = None           # torch intra-op threads; None picks a policy for small CPUs
+    threads: int|None = checked(None, at_least(1))  # torch intra-op threads; None picks a policy for small CPUs
     out_dir: str|None = None           # parent of run directories; None means `runs_dir()`
 
 # %% ../nbs/00_core.ipynb #6ed58556
@@ -161,26 +227,34 @@ def parse_override(s:str) -> dict:
     return value
 
 # %% ../nbs/00_core.ipynb #ba8395f7
-def read_yaml(path) -> dict:
-    "Read a YAML mapping, with one clear error for a missing file, malformed YAML or a non-mapping."
+def read_yaml(path, # a YAML file
+              empty_ok:bool=True) -> dict: # False: an empty file (or one of only comments) is an error
+    "Read a YAML mapping, with one clear error for a missing, unreadable, malformed, empty or non-mapping file."
     path = Path(path)
     if not path.is_file(): raise ConfigError(f"config file not found: {path}")
-    try: d = yaml.safe_load(path.read_text(encoding='utf-8'))
+    try: text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e: raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try: d = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         at = f" (line {mark.line+1}, column {mark.column+1})" if mark else ''
         raise ConfigError(f"malformed YAML in {path}{at}: {getattr(e, 'problem', None) or e}") from None
-    if d is None: return {}
+    if d is None:
+        if empty_ok: return {}
+        raise ConfigError(f"config file {path} is empty (no settings); "
+                          "write {} in it to use every default on purpose")
     if not isinstance(d, dict): raise ConfigError(f"config file {path} must hold a mapping, got {type(d).__name__}")
     return d
 
 def load_config(cls, # the config dataclass to build
-                *files, # YAML files, merged in order (later wins)
+                *files, # YAML files, merged in order (later wins); an empty file is an error
                 overrides:list[str]|tuple=(), # 'section.key=value' strings, applied last
                 base:dict|None=None): # values applied before the files (e.g. a template's defaults)
     "Build `cls` from layered YAML files and dotted overrides; every error names the file or key."
     d = dict(base or {})
-    for f in files: d = deep_merge(d, read_yaml(f))
+    for f in files: d = deep_merge(d, read_yaml(f, empty_ok=False))
     for o in overrides: d = deep_merge(d, parse_override(o))
     return from_dict(cls, d)
 
