@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from ..core import DflabError
-from .manifest import read_manifest, summarize, write_dflip_meta, write_manifest
+from ..core import Bound, DflabError, at_least, fraction
+from .manifest import printable, read_manifest, summarize, write_dflip_meta, write_manifest
 
 # %% auto #0
 __all__ = ['main']
@@ -27,6 +27,18 @@ def _opts(pairs:list[str]) -> dict:
         out[k.strip().replace('-', '_')] = yaml.safe_load(v) if v.strip() else None
     return out
 
+def _number(kind:type, bound:Bound):
+    "An argparse type: an int or float within `bound`; anything else is a usage error (exit 2) naming the option."
+    def parse(s:str):
+        try: v = kind(s)
+        except ValueError:
+            what = 'an integer' if kind is int else 'a number'
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{s}'") from None
+        if not bound.ok(v): raise argparse.ArgumentTypeError(f"must be {bound}, got {s}")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='dflab data', description='Build, validate, split and inspect dataset manifests.')
     sub = p.add_subparsers(dest='cmd', required=True, metavar='{build,split,info}')
@@ -39,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument('--real-classes', help='class-folders: comma-separated names of the real classes')
     b.add_argument('--generator-family-map', help='JSON/YAML file mapping generator -> family')
     b.add_argument('--allow-outside', action='store_true', help='follow symlinks that leave the root')
-    b.add_argument('--workers', type=int, help='validation worker processes (default: all cores)')
+    b.add_argument('--workers', type=_number(int, at_least(1)), help='validation worker processes (default: all cores)')
     b.add_argument('--dflip-meta', help="also write DFLIP's dflip3k_meta.json here")
     b.add_argument('--opt', action='append', default=[], metavar='KEY=VALUE',
                    help='other layout options, e.g. images_key=frames (ffpp-h5), generator=progan (forensynths)')
@@ -50,10 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--train', help='comma-separated generators / sources / categories to train on')
     s.add_argument('--test', help='comma-separated generators / sources / categories to test on (default: all others)')
     s.add_argument('--holdout', help='logo: the generator held out (without it: every fold, one column each)')
-    s.add_argument('--test-size', type=float, help='random / video: test fraction (default 0.2)')
-    s.add_argument('--val-size', type=float, help='validation fraction carved from train (default 0)')
-    s.add_argument('--real-test', type=float, help='cross-generator / logo: test fraction of real images (default 0.2)')
-    s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--test-size', type=_number(float, fraction), help='random / video: test fraction (default 0.2)')
+    s.add_argument('--val-size', type=_number(float, fraction),
+                   help='validation fraction carved from train (default 0)')
+    s.add_argument('--real-test', type=_number(float, fraction),
+                   help='cross-generator / logo: test fraction of real images (default 0.2)')
+    s.add_argument('--seed', type=_number(int, at_least(0)), default=0)
     i = sub.add_parser('info', help='summarise a manifest')
     i.add_argument('--manifest', required=True)
     return p
@@ -70,10 +84,10 @@ def _build(a) -> int:
         print(e.summary, file=sys.stderr)
         raise
     print(summarize(df))
-    print(f"wrote {a.out}")
+    print(f"wrote {printable(a.out)}")
     for kind in ('rejected', 'report'):
         p = Path(a.out).with_name(f"{Path(a.out).stem}.{kind}.csv")
-        if p.exists(): print(f"wrote {p}")
+        if p.exists(): print(f"wrote {printable(p)}")
     if a.dflip_meta: print(f"wrote {write_dflip_meta(df, a.dflip_meta)}")
     return 0
 

@@ -4,6 +4,7 @@
 
 # %% ../../nbs/06_data.datasets.ipynb #d91740b4
 from __future__ import annotations
+import re, warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..core import DflabError
-from .manifest import MAX_IMAGE_PIXELS, check_manifest, manifest_root, resolve_paths, to_rgb
+from .manifest import MAX_IMAGE_PIXELS, check_manifest, manifest_root, printable, resolve_paths, to_rgb
 
 # %% auto #0
 __all__ = ['QUESTION', 'MODES', 'load_image', 'format_answer', 'build_conversation', 'parse_answer', 'ForensicDataset', 'collate']
@@ -22,18 +23,24 @@ __all__ = ['QUESTION', 'MODES', 'load_image', 'format_answer', 'build_conversati
 def load_image(path, # image file
                draft:tuple[int, int]|None=None, # JPEG only: decode at a reduced scale no smaller than this (w, h)
                max_pixels:int=MAX_IMAGE_PIXELS) -> Image.Image: # refuse larger images (decompression bombs)
-    "Decode `path` to an RGB PIL image; raises DflabError naming the file if it can't."
+    "Decode `path` to an RGB PIL image of its stored pixels (no EXIF rotation); raises DflabError naming the file."
+    too_large = lambda size: DflabError(f"image {printable(path)} is {size}, above the {max_pixels:,}-pixel limit")
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > max_pixels:
-                raise DflabError(f"image {path} is {im.width}x{im.height}, above the {max_pixels:,}-pixel limit")
+        with warnings.catch_warnings():   # Pillow warns below its own guard; `max_pixels` is the limit that applies
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            if im.width * im.height > max_pixels: raise too_large(f"{im.width}x{im.height}")
             if draft is not None and im.format == 'JPEG': im.draft('RGB', tuple(draft))
             im.load()
             return to_rgb(im)[0]
     except DflabError: raise
-    except FileNotFoundError: raise DflabError(f"image not found: {path}") from None
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise DflabError(f"cannot decode image {path}: {e}") from None
+    except FileNotFoundError: raise DflabError(f"image not found: {printable(path)}") from None
+    except Image.DecompressionBombError as e:   # Pillow's own guard, above ours
+        n = re.search(r'\((\d+) pixels\)', str(e))
+        raise too_large(f"{int(n[1]):,} pixels" if n else 'too large') from None
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as e:
+        raise DflabError(f"cannot decode image {printable(path)}: {e}") from None
 
 # %% ../../nbs/06_data.datasets.ipynb #c640e41e
 QUESTION = ("Is this image real or AI-generated? If it is generated, name the generator model and predict the "

@@ -4,14 +4,15 @@
 
 # %% ../../nbs/02_data.layouts.ipynb #aacc61b9
 from __future__ import annotations
-import json, os, re
+import errno, json, os, re
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 from ..core import DflabError, get_logger
-from .manifest import IMAGE_EXTS, check_manifest, is_image_name, new_manifest, read_dflip_meta
+from .manifest import (IMAGE_EXTS, check_manifest, is_image_name, new_manifest, printable,
+                                 read_dflip_meta, undecodable)
 
 log = get_logger('data.layouts')
 
@@ -22,7 +23,13 @@ __all__ = ['log', 'LSUN_CATEGORIES', 'LAYOUTS', 'walk_images', 'find_dir', 'defa
 
 # %% ../../nbs/02_data.layouts.ipynb #81f076c0
 def _issue(issues, path, reason, detail=''):
-    if issues is not None: issues.append({'path': str(path), 'reason': reason, 'detail': detail})
+    if issues is not None: issues.append({'path': printable(path), 'reason': reason, 'detail': printable(detail)})
+
+def _loops(link:str) -> bool:
+    "Whether following `link` never ends (it leads back to itself, directly or through other links)."
+    try: os.stat(link)
+    except OSError as e: return e.errno == errno.ELOOP
+    return False
 
 def _inside(path:str, root:str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
@@ -49,9 +56,16 @@ def walk_images(root, # the dataset root (paths are made relative to it)
             rel = f"{drel}/{e.name}" if drel and drel != '.' else e.name
             if e.is_symlink():
                 tgt = os.path.realpath(e.path)
-                if not os.path.exists(tgt): _issue(issues, rel, 'broken_symlink', f"target {os.readlink(e.path)} does not exist"); continue
+                if not os.path.exists(tgt):
+                    if _loops(e.path):
+                        _issue(issues, rel, 'symlink_loop',
+                               f"symlink loop: -> {os.readlink(e.path)} leads back to itself")
+                    else: _issue(issues, rel, 'broken_symlink', f"target {os.readlink(e.path)} does not exist")
+                    continue
                 if not allow_outside and not _inside(tgt, rroot):
-                    _issue(issues, rel, 'symlink_outside_root', f"points to {tgt}; pass allow_outside=True to follow it"); continue
+                    _issue(issues, rel, 'symlink_outside_root',
+                           f"points to {tgt}; rerun with --allow-outside (allow_outside=True in Python) to follow it")
+                    continue
             if e.is_dir(follow_symlinks=True):
                 if recursive: stack.append((e.path, rel))
             elif is_image_name(e.name): out.append(rel)
@@ -137,8 +151,22 @@ def read_prompts(path, # a prompts.txt
     return out
 
 # %% ../../nbs/02_data.layouts.ipynb #e0277ea6
+_RENAME = "rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 -r --notest ROOT)"
+
+def _text_rows(rows:list[dict], issues:list, where:str='') -> list[dict]:
+    "The rows whose values are all valid text; each other row becomes an `undecodable_name` issue."
+    keep = []
+    for i, r in enumerate(rows):
+        bad = [k for k, v in r.items() if undecodable(v)]
+        if not bad: keep.append(r); continue
+        what = ('file name' if bad == ['path'] else
+                ', '.join(f"{k} {printable(r[k])}" if k != 'path' else 'path' for k in bad))
+        _issue(issues, r.get('path', f"{where} row {i+1}"), 'undecodable_name',
+               f"{(where + ' row ' + str(i+1) + ': ') if where else ''}{what} is not valid UTF-8; {_RENAME}")
+    return keep
+
 def _finish(rows, root, issues, layout, family_map=None, **attrs) -> pd.DataFrame:
-    df = new_manifest(rows, root=root)
+    df = new_manifest(_text_rows(rows, issues), root=root)
     if len(df) == 0: raise DflabError(f"no images found in {root} for layout '{layout}'"
                                       + (f" ({issues[0]['reason']}: {issues[0]['path']})" if issues else ''))
     add_family(df, family_map)
@@ -302,7 +330,8 @@ def ffpp_h5(root, # folder of FF++_{manipulation}_{compression}.h5 files (or one
             vids = _h5_key(found, videos_key, fp, required=False)
             if len(ims) != len(labs): raise DflabError(f"{fp}: {len(ims)} images but {len(labs)} labels")
             labels = np.asarray(labs[()]).astype(int).reshape(-1)
-            videos = None if vids is None else [v.decode() if isinstance(v, bytes) else str(v) for v in vids[()]]
+            videos = None if vids is None else [v.decode('utf-8', 'surrogateescape') if isinstance(v, bytes) else str(v)
+                                                for v in vids[()]]
             for i in range(len(ims)):
                 x = ims[i]
                 rel = f"{fp.stem}/{i:07d}"
@@ -331,17 +360,25 @@ def table(path, # a .csv, .json or .jsonl table
     if not path.is_file(): raise DflabError(f"table not found: {path}")
     root = Path(root) if root is not None else path.parent
     ext = path.suffix.lower()
-    try:
-        if ext == '.csv': df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    issues = []
+    try:   # names that are not UTF-8 are kept as surrogate escapes here, and rejected row by row below
+        if ext == '.csv':
+            df = pd.read_csv(path, dtype=object, keep_default_na=False, encoding_errors='surrogateescape')
+            cols, recs = list(df.columns), df.to_dict('records')
         elif ext in ('.json', '.jsonl'):
+            text = path.read_text(encoding='utf-8', errors='surrogateescape')
             if ext == '.json':
-                recs = json.loads(path.read_text(encoding='utf-8'))
-                if isinstance(recs, list) and recs and 'file_path' in recs[0]:
-                    m = read_dflip_meta(path, root); add_family(m, family_map); m.attrs.update(layout='json', issues=[]); return m
-                df = pd.DataFrame.from_records(recs).astype(object)
-            else: df = pd.read_json(path, lines=True, dtype=False)
+                recs = json.loads(text)
+                if isinstance(recs, list) and recs and isinstance(recs[0], dict) and 'file_path' in recs[0]:
+                    m = read_dflip_meta(path, root, issues); add_family(m, family_map)
+                    m.attrs.update(layout='json', issues=issues); return m
+            else: recs = [json.loads(line) for line in text.splitlines() if line.strip()]
+            if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
+                raise DflabError(f"{path}: expected a JSON list of records (objects with path and label)")
+            cols = list(dict.fromkeys(k for r in recs for k in r))
         else: raise DflabError(f"unknown table format {path.name}; use .csv, .json or .jsonl")
     except (ValueError, OSError) as e: raise DflabError(f"cannot read table {path}: {e}") from None
+    df = pd.DataFrame.from_records(_text_rows(recs, issues, path.name), columns=cols).astype(object)
     miss = [c for c in ('path', 'label') if c not in df.columns]
     if miss: raise DflabError(f"{path} needs the columns path and label; missing {', '.join(miss)}; found {', '.join(map(str, df.columns))}")
     lab = df.label.astype(str).str.strip().str.lower().map(_LABELS)
@@ -349,7 +386,7 @@ def table(path, # a .csv, .json or .jsonl table
         i = int(np.flatnonzero(lab.isna())[0])
         raise DflabError(f"{path}: row {i+1} has label {df.label.iloc[i]!r}; use 0/1 or real/fake")
     df['label'] = lab.astype(int)
-    rroot = os.path.realpath(root); issues, keep, rel = [], [], []
+    rroot = os.path.realpath(root); keep, rel = [], []
     for p in df.path.astype(str):
         a = Path(p) if Path(p).is_absolute() else root/p
         if not allow_outside and not _inside(os.path.realpath(a), rroot):

@@ -14,15 +14,15 @@ import pandas as pd
 from ..core import DflabError, atomic_write
 
 # %% auto #0
-__all__ = ['COLUMNS', 'DTYPES', 'IMAGE_EXTS', 'MAX_IMAGE_PIXELS', 'MANIFEST_VERSION', 'is_image_name', 'to_rgb', 'as_manifest',
-           'new_manifest', 'check_manifest', 'write_manifest', 'read_manifest', 'manifest_root', 'resolve_paths',
-           'summarize', 'write_dflip_meta', 'read_dflip_meta']
+__all__ = ['COLUMNS', 'DTYPES', 'IMAGE_EXTS', 'MAX_IMAGE_PIXELS', 'MANIFEST_VERSION', 'is_image_name', 'undecodable', 'printable',
+           'to_rgb', 'as_manifest', 'new_manifest', 'check_manifest', 'write_manifest', 'read_manifest',
+           'manifest_root', 'resolve_paths', 'summarize', 'write_dflip_meta', 'read_dflip_meta']
 
 # %% ../../nbs/01_data.manifest.ipynb #e520d44a
 COLUMNS = ['path', 'label', 'generator', 'family', 'prompt', 'mask', 'split', 'source', 'category', 'video',
-           'group', 'sha256', 'width', 'height', 'format']
+           'group', 'sha256', 'width', 'height', 'format', 'orientation']
 
-DTYPES = {c: 'string' for c in COLUMNS} | {'label': 'int64', 'width': 'Int64', 'height': 'Int64'}
+DTYPES = {c: 'string' for c in COLUMNS} | {'label': 'int64'} | {c: 'Int64' for c in ('width', 'height', 'orientation')}
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff')  # matched case-insensitively
 
@@ -31,6 +31,21 @@ MAX_IMAGE_PIXELS = 100_000_000  # decompression-bomb limit: 10k x 10k; larger fi
 def is_image_name(name:str) -> bool:
     "Whether a file name has one of the supported image extensions (case-insensitive)."
     return os.path.splitext(str(name))[1].lower() in IMAGE_EXTS
+
+# %% ../../nbs/01_data.manifest.ipynb #6fb9bfe4
+def undecodable(s) -> bool:
+    "Whether `s` is a str that is not valid Unicode text, e.g. a file name whose bytes are not UTF-8."
+    if not isinstance(s, str): return False
+    try: s.encode('utf-8')
+    except UnicodeEncodeError: return True
+    return False
+
+def printable(s) -> str:
+    "`s` (a str or path) as valid text, each byte that was not UTF-8 shown as `\\xNN`: `caf\\xe9.png`."
+    s = os.fspath(s) if isinstance(s, os.PathLike) else str(s)
+    if isinstance(s, bytes): s = os.fsdecode(s)
+    try: return s.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+    except UnicodeEncodeError: return s.encode('utf-8', 'backslashreplace').decode('utf-8')
 
 # %% ../../nbs/01_data.manifest.ipynb #b9124af4
 def to_rgb(im) -> tuple:
@@ -47,6 +62,20 @@ def to_rgb(im) -> tuple:
     return im.convert('RGB'), f"{mode}->RGB"
 
 # %% ../../nbs/01_data.manifest.ipynb #b77402c7
+def _not_text(row:int, col:str, value) -> DflabError:
+    return DflabError(f"row {row} has a {col} that is not valid UTF-8: '{printable(value)}'; "
+                      f"rename the file (or fix the table) so every name is UTF-8")
+
+def _check_text(df:pd.DataFrame):
+    "DflabError naming the first value that is not valid text (layouts reject such rows before they get here)."
+    for c in df.columns:
+        if df[c].dtype != object: continue
+        v = df[c].to_numpy()
+        try: '\n'.join(x for x in v if isinstance(x, str)).encode('utf-8'); continue   # one fast pass
+        except UnicodeEncodeError: pass
+        hit = next(i for i, x in enumerate(v) if undecodable(x))
+        raise _not_text(hit, c, v[hit])
+
 def as_manifest(df:pd.DataFrame, # any frame with at least `path` and `label`
                 root=None, # dataset root; default keeps `df.attrs['root']`
                 extra:bool=True, # keep columns beyond the schema (after the schema columns)
@@ -54,6 +83,7 @@ def as_manifest(df:pd.DataFrame, # any frame with at least `path` and `label`
     "`df` with the schema's columns in order, dtypes fixed, '' turned into nulls, and `attrs['root']` set."
     missing = [c for c in ('path', 'label') if c not in df.columns]
     if missing: raise DflabError(f"a manifest needs the columns path and label; missing: {', '.join(missing)}")
+    _check_text(df)
     out = pd.DataFrame(index=range(len(df)))
     for c in COLUMNS:
         if c not in df.columns: out[c] = pd.Series(pd.NA, index=out.index, dtype=DTYPES[c]); continue
@@ -79,7 +109,10 @@ def new_manifest(rows:Iterable[Mapping], # one dict per image, keys from `COLUMN
                  root=None) -> pd.DataFrame: # dataset root (stored absolute in `attrs['root']`)
     "A manifest from a list of row dicts."
     rows = list(rows)
-    df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=['path', 'label'])
+    try: df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=['path', 'label'])
+    except UnicodeEncodeError:   # pandas' string columns refuse names that are not UTF-8
+        i, k = next((i, k) for i, r in enumerate(rows) for k, v in r.items() if undecodable(v))
+        raise _not_text(i, k, rows[i][k]) from None
     return as_manifest(df, root=root)
 
 # %% ../../nbs/01_data.manifest.ipynb #196f445e
@@ -114,16 +147,20 @@ def write_manifest(df:pd.DataFrame, path) -> Path:
     return path
 
 def read_manifest(path) -> pd.DataFrame:
-    "Load a manifest written by `write_manifest`, restoring `attrs['root']`."
+    "Load a manifest written by `write_manifest`, restoring `attrs['root']`; every error names the file."
     import pyarrow.parquet as pq
     path = Path(path)
     if not path.is_file(): raise DflabError(f"manifest not found: {path}")
+    fix = "rebuild it with `dflab data build` (or restore it from a copy)"
     try: t = pq.read_table(path)
-    except Exception as e: raise DflabError(f"cannot read manifest {path}: {e}") from None
-    md = json.loads((t.schema.metadata or {}).get(_MD_KEY, b'{}'))
+    except Exception as e:
+        raise DflabError(f"cannot read manifest {path}: not a readable Parquet file ({e}); {fix}") from None
+    try: md = json.loads((t.schema.metadata or {}).get(_MD_KEY, b'{}'))
+    except ValueError as e: raise DflabError(f"manifest {path} has damaged dflab metadata ({e}); {fix}") from None
     df = t.to_pandas()
-    df.attrs = dict(md.get('attrs', {}))
-    return check_manifest(as_manifest(df))
+    df.attrs = dict(md.get('attrs', {})) if isinstance(md, dict) else {}
+    try: return check_manifest(as_manifest(df))
+    except DflabError as e: raise DflabError(f"{path} is not a valid manifest: {e}") from None
 
 # %% ../../nbs/01_data.manifest.ipynb #6a05eebd
 def manifest_root(df:pd.DataFrame, root=None) -> Path:
@@ -145,7 +182,7 @@ def _table(counts:pd.Series, title:str) -> list[str]:
 def summarize(df:pd.DataFrame) -> str:
     "Counts per label, generator and split of a manifest, as text."
     lines = [f"{len(df)} images ({int((df.label == 0).sum())} real, {int((df.label == 1).sum())} fake)"
-             + (f", root {df.attrs['root']}" if df.attrs.get('root') else '')]
+             + (f", root {printable(df.attrs['root'])}" if df.attrs.get('root') else '')]
     lines += _table(df.label.map({0: 'real', 1: 'fake'}).value_counts().reindex(['real', 'fake'], fill_value=0), 'label')
     lines += _table(df.generator.fillna('-').value_counts().sort_index(), 'generator')
     lines += _table(df.split.fillna('-').value_counts().sort_index(), 'split')
@@ -173,10 +210,11 @@ def write_dflip_meta(df:pd.DataFrame, path) -> Path:
     return Path(path)
 
 def read_dflip_meta(path, # a dflip3k_meta.json
-                    root=None) -> pd.DataFrame: # the data root its file_path values are relative to (default: the file's folder)
+                    root=None, # the data root its file_path values are relative to (default: the file's folder)
+                    issues:list|None=None) -> pd.DataFrame: # collects records whose names are not UTF-8 (else an error)
     "Read DFLIP's `dflip3k_meta.json` into a manifest."
     path = Path(path)
-    try: recs = json.loads(path.read_text(encoding='utf-8'))
+    try: recs = json.loads(path.read_text(encoding='utf-8', errors='surrogateescape'))
     except (OSError, ValueError) as e: raise DflabError(f"cannot read DFLIP metadata {path}: {e}") from None
     if not isinstance(recs, list): raise DflabError(f"{path}: expected a JSON list of records")
     rows = []
@@ -184,6 +222,14 @@ def read_dflip_meta(path, # a dflip3k_meta.json
         try: lab = {'real': 0, 'fake': 1}[str(r['label']).lower()]
         except KeyError: raise DflabError(f"{path}: record {i} needs file_path and label Real/Fake, got {r!r}") from None
         if 'file_path' not in r: raise DflabError(f"{path}: record {i} has no file_path")
-        rows.append({'path': r['file_path'], 'label': lab, 'generator': r.get('generator') if lab else 'real',
-                     'prompt': r.get('gt_prompt'), 'mask': r.get('mask_path'), 'source': 'dflip3k'})
+        row = {'path': r['file_path'], 'label': lab, 'generator': r.get('generator') if lab else 'real',
+               'prompt': r.get('gt_prompt'), 'mask': r.get('mask_path'), 'source': 'dflip3k'}
+        bad = [k for k, v in row.items() if undecodable(v)]
+        if bad and issues is None:
+            raise DflabError(f"{path}: record {i} has a {bad[0]} that is not valid UTF-8: '{printable(row[bad[0]])}'")
+        if bad:
+            issues.append({'path': printable(row['path']), 'reason': 'undecodable_name',
+                           'detail': f"{path.name} record {i}: {', '.join(bad)} not valid UTF-8; rename it to UTF-8"})
+            continue
+        rows.append(row)
     return check_manifest(new_manifest(rows, root=root if root is not None else path.parent))

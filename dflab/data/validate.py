@@ -4,7 +4,7 @@
 
 # %% ../../nbs/03_data.validate.ipynb #9aca5534
 from __future__ import annotations
-import hashlib, io, os, warnings
+import hashlib, io, os, re, warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -13,8 +13,8 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from ..core import DflabError, atomic_write, get_logger
-from .manifest import (MAX_IMAGE_PIXELS, as_manifest, check_manifest, manifest_root, resolve_paths,
-                                 summarize, to_rgb, write_manifest)
+from .manifest import (MAX_IMAGE_PIXELS, as_manifest, check_manifest, manifest_root, printable,
+                                 resolve_paths, summarize, to_rgb, write_manifest)
 
 log = get_logger('data.validate')
 
@@ -27,16 +27,20 @@ REASONS = {
     'missing': 'file not found', 'zero_byte': 'empty file', 'truncated': 'file ends before its image data',
     'undecodable': 'not a decodable image', 'unsupported_format': 'not JPEG/PNG/WebP/BMP/TIFF',
     'unsupported_mode': 'pixel mode cannot be converted to RGB',
-    'too_large': f'above the {MAX_IMAGE_PIXELS:,}-pixel decompression-bomb limit',
+    'too_large': 'more pixels than the decompression-bomb limit (see detail)',
     'mask_unreadable': 'mask missing or undecodable', 'mask_size_mismatch': 'mask size differs from its image',
     'duplicate_real_fake': 'same sha256 labelled both real and fake',
     'prompt_count_mismatch': 'prompts.txt line count differs from the image count',
     'non_utf8_prompt': 'prompt is not valid UTF-8', 'prompt_for_missing_image': 'prompt line names a missing image',
     'symlink_outside_root': 'symlink leaves the dataset root', 'broken_symlink': 'symlink target missing',
+    'symlink_loop': 'symlink leads back to itself', 'undecodable_name': 'name is not valid UTF-8; rename the file',
     'outside_layout': 'file does not fit the layout', 'outside_root': 'table path outside the root',
     'no_images_folder': 'generator folder without images/', 'unreadable_folder': 'folder cannot be listed',
 }
-NOTES = {'converted': 'converted to RGB on load'}
+NOTES = {'converted': 'converted to RGB on load',
+         'exif_orientation': 'EXIF asks viewers to turn it; stored pixels used'}
+_TURN = {2: 'mirrored left-right', 3: 'rotated 180°', 4: 'mirrored top-bottom', 5: 'transposed',
+         6: 'rotated 90° clockwise', 7: 'transversed', 8: 'rotated 90° counter-clockwise'}  # ImageOps.exif_transpose
 FORMATS = {'JPEG', 'MPO', 'PNG', 'WEBP', 'BMP', 'TIFF'}   # MPO: multi-picture JPEG from cameras
 
 # %% ../../nbs/03_data.validate.ipynb #24f87cc4
@@ -48,11 +52,22 @@ def _read_error(e:Exception, data:bytes=b'') -> tuple[str, str]:
     if 'truncat' in str(e).lower() or _webp_truncated(data): return 'truncated', msg
     return 'undecodable', msg
 
+def _too_large(pixels:int|None, max_pixels:int, size:str='') -> str:
+    n = f'{pixels:,}' if pixels else 'more'
+    return f"{size + ' = ' if size else ''}{n} pixels, above the {max_pixels:,}-pixel limit"
+
+def _orientation(im) -> int|None:
+    "The EXIF orientation tag (1-8) of an open image, or None (no tag, or unreadable EXIF)."
+    try: o = im.getexif().get(0x0112)
+    except Exception: return None
+    return int(o) if isinstance(o, int) and 1 <= o <= 8 else None
+
 def inspect_image(path, # image file
                   mask=None, # its mask file, if any
                   max_pixels:int=MAX_IMAGE_PIXELS) -> dict:
     "Hash, measure and fully decode one image (and its mask); problems come back in `errors`, never raised."
-    r = {'sha256': None, 'width': None, 'height': None, 'format': None, 'conversion': None, 'errors': []}
+    r = {'sha256': None, 'width': None, 'height': None, 'format': None, 'orientation': None, 'conversion': None,
+         'errors': []}
     err = lambda reason, detail='': r['errors'].append((reason, detail)) or r
     try: data = Path(path).read_bytes()
     except FileNotFoundError: return err('missing')
@@ -62,12 +77,16 @@ def inspect_image(path, # image file
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)
         try: im = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as e: return err('too_large', str(e))
+        except Image.DecompressionBombError as e:   # Pillow's own, larger guard: report it against ours
+            n = re.search(r'\((\d+) pixels\)', str(e))
+            return err('too_large', _too_large(int(n[1]) if n else None, max_pixels))
         except UnidentifiedImageError: return err('undecodable', 'unknown image format')
         except (OSError, SyntaxError, ValueError, EOFError) as e: return err(*_read_error(e, data))
         with im:
             r.update(width=im.width, height=im.height, format=im.format)
-            if im.width * im.height > max_pixels: return err('too_large', f"{im.width}x{im.height} > {max_pixels:,} pixels")
+            if im.width * im.height > max_pixels:
+                return err('too_large', _too_large(im.width * im.height, max_pixels, f"{im.width}x{im.height}"))
+            r['orientation'] = _orientation(im)
             if im.format not in FORMATS: return err('unsupported_format', f"{im.format} image")
             try: im.load()
             except Exception as e: return err(*_read_error(e, data))
@@ -108,7 +127,7 @@ def validate(df:pd.DataFrame, # a manifest (its attrs['issues'] from the layout 
              images:bool=True, # open, hash and decode every file (else: existence and size only)
              workers:int|None=None, # worker processes; default all cores
              max_pixels:int=MAX_IMAGE_PIXELS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Check every file of a manifest; returns (manifest with sha256/size/format filled, report)."
+    "Check every file of a manifest; returns (manifest with sha256/size/format/orientation filled, report)."
     df = as_manifest(df); check_manifest(df)
     paths = resolve_paths(df, root)
     rep = [(i['path'], i['reason'], i.get('detail', ''), 'error', -1) for i in df.attrs.get('issues', [])]
@@ -116,10 +135,13 @@ def validate(df:pd.DataFrame, # a manifest (its attrs['issues'] from the layout 
         masks = resolve_paths(df, root, 'mask')
         res = inspect_all(paths, masks, max_pixels, workers)
         for c in ('sha256', 'format'): df[c] = pd.array([r[c] for r in res], dtype='string')
-        for c in ('width', 'height'): df[c] = pd.array([r[c] for r in res], dtype='Int64')
+        for c in ('width', 'height', 'orientation'): df[c] = pd.array([r[c] for r in res], dtype='Int64')
         for i, (p, r) in enumerate(zip(df.path, res)):
             rep += [(p, reason, detail, 'error', i) for reason, detail in r['errors']]
             if r['conversion'] and not r['errors']: rep.append((p, 'converted', r['conversion'], 'note', i))
+            if (r['orientation'] or 1) != 1 and not r['errors']:
+                rep.append((p, 'exif_orientation', f"orientation {r['orientation']}: viewers show it "
+                            f"{_TURN[r['orientation']]}; scored as stored", 'note', i))
         rep += _duplicates(df)
     else:
         for i, (p, a) in enumerate(zip(df.path, paths)):
@@ -165,6 +187,7 @@ def split_rejected(df:pd.DataFrame, report:pd.DataFrame) -> tuple[pd.DataFrame, 
     rej.insert(2, 'detail', reasons.detail.reindex(bad_rows).to_numpy())
     files = err[err.row < 0][['path', 'reason', 'detail']]
     rejected = pd.concat([rej, files], ignore_index=True) if len(files) else rej.reset_index(drop=True)
+    if 'label' in rejected: rejected['label'] = rejected['label'].astype('Int64')   # 0/1, not 0.0, beside file lines
     keep = df.drop(index=df.index[bad_rows]).reset_index(drop=True)
     keep.attrs = dict(df.attrs)
     return keep, rejected
@@ -198,13 +221,15 @@ def build_dataset(layout:str, # a layout name (see `dflab.data.layouts.LAYOUTS`)
         with atomic_write(rep_path, 'w') as f: report.to_csv(f, index=False)
     errors = report[report.severity == 'error']
     if len(errors) and not skip_bad:
-        raise BadFilesError(f"{errors.path.nunique()} bad files in {root}; full report in {rep_path}; "
+        raise BadFilesError(f"{errors.path.nunique()} bad files in {printable(root)}; full report in {rep_path}; "
                             f"rerun with --skip-bad to write the manifest without them",
                             report_summary(report), rep_path)
     if len(errors):
         df, rejected = split_rejected(df, report)
         with atomic_write(rej_path, 'w') as f: rejected.to_csv(f, index=False)
         log.warning(f"{len(rejected)} bad entries written to {rej_path}")
+        if not len(df):
+            raise DflabError(f"no good images left in {printable(root)}: every file was rejected; see {rej_path}")
     df.attrs['issues'] = []
     df.attrs['validated'] = bool(validate_images)
     write_manifest(df, out)
