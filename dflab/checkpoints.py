@@ -4,12 +4,16 @@
 
 # %% ../nbs/13a_checkpoints.ipynb #84ae76fa
 from __future__ import annotations
-import os, shutil
+import json, os, shutil
 from pathlib import Path
 import torch
+from .core import DflabError, get_logger
+
+log = get_logger('checkpoints')
 
 # %% auto #0
-__all__ = ['write_dir', 'optimizer_to_flat', 'optimizer_from_flat', 'latest_checkpoint']
+__all__ = ['log', 'CHECKPOINT_FILES', 'write_dir', 'optimizer_to_flat', 'optimizer_from_flat', 'file_problem', 'load_safetensors',
+           'read_json', 'checkpoint_problem', 'latest_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/13a_checkpoints.ipynb #af9b72ce
 def write_dir(dst:Path, fill) -> Path:
@@ -41,8 +45,74 @@ def optimizer_from_flat(opt, tensors:dict, meta:dict):
         pid, k = key.split('.', 1); state.setdefault(int(pid), {})[k] = v
     opt.load_state_dict({'state': state, 'param_groups': meta['param_groups']})
 
+
+
+
+# %% ../nbs/13a_checkpoints.ipynb #6b7eec4a
+_DAMAGED = ("the file is damaged or incomplete (e.g. an interrupted copy or a full disk); restore it, "
+            "use another checkpoint of the run (checkpoints/epoch-N), or train again")
+
+def file_problem(path) -> str|None:
+    "What is wrong with a `.safetensors` or `.json` file (missing, unreadable, damaged), or None if it reads."
+    path = Path(path)
+    if not path.is_file(): return 'missing'
+    try:
+        if path.suffix == '.json': json.loads(path.read_text(encoding='utf-8')); return None
+        from safetensors import safe_open
+        with safe_open(str(path), 'pt') as f: f.keys()       # parses the header and checks it covers the file
+    except Exception as e: return f"{type(e).__name__}: {e}"
+    return None
+
+def load_safetensors(path, # a .safetensors file
+                     what:str='weights') -> dict: # what the file holds, for the message
+    "The tensors of a safetensors file; DflabError naming the file and the remedy if it is missing or damaged."
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file(): raise DflabError(f"{what} not found: {path}")
+    try: return load_file(path)
+    except Exception as e:
+        raise DflabError(f"cannot read {what} {path} ({type(e).__name__}: {e}); {_DAMAGED}") from None
+
+def read_json(path, what:str='file') -> dict:
+    "A JSON file's content; DflabError naming the file and the remedy if it is missing or damaged."
+    path = Path(path)
+    if not path.is_file(): raise DflabError(f"{what} not found: {path}")
+    try: return json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e: raise DflabError(f"cannot read {what} {path} ({e}); {_DAMAGED}") from None
+
+# %% ../nbs/13a_checkpoints.ipynb #cf02a53c
+CHECKPOINT_FILES = ('model.safetensors', 'optimizer.safetensors', 'detector.json', 'trainer_state.json')
+
+def _epoch(p:Path) -> int|None:
+    n = p.name.split('-', 1)[1] if p.name.startswith('epoch-') else ''
+    return int(n) if n.isdigit() else None
+
+def checkpoint_problem(ck) -> str|None:
+    "The first damaged or missing file of checkpoint directory `ck`, with its problem; None if it is intact."
+    for f in CHECKPOINT_FILES:
+        if (p := file_problem(Path(ck)/f)): return f"{f}: {p}"
+    return None
+
 def latest_checkpoint(run_dir) -> Path|None:
-    "The complete `checkpoints/epoch-N` with the highest N, or None."
-    d = Path(run_dir)/'checkpoints'
-    done = [p for p in d.glob('epoch-*') if p.is_dir() and (p/'trainer_state.json').is_file() and p.name.split('-')[1].isdigit()]
-    return max(done, key=lambda p: int(p.name.split('-')[1])) if done else None
+    "The intact `checkpoints/epoch-N` with the highest N (damaged newer ones are skipped with a warning), or None."
+    cks = sorted((p for p in (Path(run_dir)/'checkpoints').glob('epoch-*') if p.is_dir() and _epoch(p) is not None),
+                 key=_epoch, reverse=True)
+    skipped = []
+    for ck in cks:
+        problem = checkpoint_problem(ck)
+        if problem is None:
+            if skipped: log.warning(f"resuming from {ck.name}, the newest intact checkpoint; skipped damaged "
+                                    + '; '.join(f"{p} ({why})" for p, why in skipped))
+            return ck
+        skipped.append((ck, problem))
+    if skipped:
+        raise DflabError(f"every checkpoint of {run_dir} is damaged, e.g. {skipped[0][0]} ({skipped[0][1]}); "
+                         "restore the run from a copy, or start a new run instead of resuming")
+    return None
+
+def load_checkpoint(ck) -> tuple[dict, dict, dict]:
+    "(model state, optimizer tensors, trainer state) of a checkpoint directory; errors name the damaged file."
+    ck = Path(ck)
+    model = load_safetensors(ck/'model.safetensors', 'checkpoint weights')
+    opt = {k: v for k, v in load_safetensors(ck/'optimizer.safetensors', 'optimizer state').items() if k != '_empty'}
+    return model, opt, read_json(ck/'trainer_state.json', 'trainer state')

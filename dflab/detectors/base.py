@@ -147,19 +147,23 @@ def save_detector(det:Detector, path, # a directory, created if needed
 
 # %% ../../nbs/12a_detectors.base.ipynb #daf67b0d
 def read_detector_meta(path) -> dict:
-    "The JSON saved beside a detector's weights."
+    "The JSON saved beside a detector's weights; DflabError naming the file if it is missing or damaged."
+    from dflab.checkpoints import read_json
     p = Path(path)/'detector.json'
     if not p.is_file(): raise DflabError(f"no saved detector in {path} (missing detector.json)")
-    return json.loads(p.read_text())
+    meta = read_json(p, 'detector config')
+    if not isinstance(meta, dict) or not isinstance(meta.get('detector'), dict) or 'name' not in meta['detector']:
+        raise DflabError(f"{p} is not a dflab detector config (no 'detector' section with a 'name'); save it again")
+    return meta
 
 # %% ../../nbs/12a_detectors.base.ipynb #c3e948cb
 def load_detector(path, backbone=None) -> Detector:
     "Rebuild a detector saved with `save_detector`; attach `backbone` (trainable if it was fine-tuned)."
-    from safetensors.torch import load_file
+    from dflab.checkpoints import load_safetensors
     meta = read_detector_meta(path); cfg = dict(meta['detector']); name = cfg.pop('name')
     wfile = Path(path)/'model.safetensors'
     if not wfile.is_file(): raise DflabError(f"no weights in {path} (missing model.safetensors)")
-    state = load_file(wfile)
+    state = load_safetensors(wfile, 'detector weights')
     cls = detector_class(name)
     try: det = cls.from_saved(cfg, state)
     except TypeError as e: raise DflabError(f"detector '{name}' saved in {path}: {e}") from None
@@ -168,7 +172,12 @@ def load_detector(path, backbone=None) -> Detector:
     if finetuned:
         if backbone is None: raise DflabError(f"the detector in {path} fine-tuned its backbone; load it with that backbone")
         det.attach(backbone, trainable=True)
-    det.load_state_dict(state, strict=True)
+    try: det.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        msg = ' '.join(str(e).split())
+        raise DflabError(f"the weights in {wfile} do not fit detector '{name}' as configured in detector.json "
+                         f"({msg[:300]}); the two files come from different models: "
+                         "copy both from the same run") from None
     if backbone is not None and not finetuned: det.attach(backbone)
     return det.eval()
 
