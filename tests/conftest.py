@@ -17,6 +17,70 @@ os.environ['DFLAB_RUNS'] = str(_SESSION/'runs')
 os.environ['XDG_CACHE_HOME'] = str(_SESSION/'xdg')    # even code that drops DFLAB_CACHE stays out of ~/.cache
 SESSION_ENV = {k: os.environ[k] for k in ('DFLAB_CACHE', 'DFLAB_RUNS', 'XDG_CACHE_HOME')}
 
+# Offline is proved, not assumed: a connection (or a name lookup) beyond this machine raises an OSError, as it would
+# offline, and is written to NET_LOG; any new line there fails the test that made it. Unix sockets and loopback
+# (127.0.0.0/8, ::1, localhost) stay open: Jupyter kernels and accelerate's processes talk over them. The guard is
+# a sitecustomize module on PYTHONPATH, so every Python subprocess (`dflab ...`, kernels, `accelerate launch`)
+# installs it too; this process loads the same file.
+_GUARD = """
+import ipaddress, os, socket
+_LOG = os.environ.get('DFLAB_TEST_NET_LOG')
+_connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+class NetworkBlocked(ConnectionRefusedError):
+    "A connection beyond this machine, attempted while the tests run offline."
+
+def _local(host):
+    if host is None: return True
+    host = (host.decode() if isinstance(host, bytes) else str(host)).strip('[]').split('%')[0]
+    if host in ('', 'localhost', socket.gethostname()) or host.endswith('.localhost'): return True
+    try: ip = ipaddress.ip_address(host)
+    except ValueError: return False
+    return ip.is_loopback or ip.is_unspecified
+
+def _block(what, exc=NetworkBlocked):
+    if _LOG:
+        with open(_LOG, 'a') as f: f.write(f"pid {os.getpid()}: {what}\\n")
+    raise exc(f"network access blocked in tests: {what}")
+
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]): _block(f"connect to {address}")
+    return _connect(self, address)
+
+def connect_ex(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]): _block(f"connect to {address}")
+    return _connect_ex(self, address)
+
+def getaddrinfo(host, *args, **kw):
+    if not _local(host): _block(f"look up {host}", socket.gaierror)
+    return _getaddrinfo(host, *args, **kw)
+
+socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+"""
+_GUARD_DIR = _SESSION/'netguard'
+_GUARD_DIR.mkdir()
+(_GUARD_DIR/'sitecustomize.py').write_text(_GUARD)
+NET_LOG = _SESSION/'network-attempts.log'
+os.environ['DFLAB_TEST_NET_LOG'] = str(NET_LOG)
+os.environ['PYTHONPATH'] = os.pathsep.join([str(_GUARD_DIR)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+
+def _install_guard():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('_dflab_test_netguard', _GUARD_DIR/'sitecustomize.py')
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+_install_guard()
+
+def _net_log_size() -> int: return NET_LOG.stat().st_size if NET_LOG.exists() else 0
+
+@pytest.fixture(autouse=True)
+def offline_proved():
+    "Fail the test if it (or any subprocess it started) tried to reach the network."
+    start = _net_log_size()
+    yield
+    if _net_log_size() > start:
+        with open(NET_LOG, 'rb') as f: f.seek(start); tried = f.read().decode(errors='replace').strip()
+        pytest.fail(f"the test tried to reach the network (tests run offline):\n{tried}", pytrace=False)
+
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow_cells: a notebook with #| slow cells (run them with DFLAB_TEST_FLAGS=slow)')
 
