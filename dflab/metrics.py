@@ -7,9 +7,12 @@ from __future__ import annotations
 import math
 import numpy as np
 import pandas as pd
-import sklearn
-from sklearn import metrics as skm
 from .core import DflabError
+
+def _sk():
+    "scikit-learn, imported on first use (a second of start-up that commands which never compute a metric skip)."
+    import sklearn, sklearn.metrics
+    return sklearn
 
 # %% auto #0
 __all__ = ['THRESHOLD_CRITERIA', 'check_binary', 'roc_points', 'roc_auc', 'average_precision', 'eer', 'tpr_at_fpr', 'accuracy_at',
@@ -45,7 +48,7 @@ def check_binary(y, # labels, 0 real / 1 fake
 def roc_points(y, score):
     "ROC curve `(fpr, tpr, thresholds)` (scikit-learn), one point per distinct score plus the origin (threshold +inf)."
     y, s = check_binary(y, score, need_both=True, what='ROC')
-    return skm.roc_curve(y, s, drop_intermediate=False)
+    return _sk().metrics.roc_curve(y, s, drop_intermediate=False)
 
 # %% ../nbs/14_metrics.ipynb #d1e21630
 def roc_auc(y, score) -> float:
@@ -53,14 +56,14 @@ def roc_auc(y, score) -> float:
     y, s = check_binary(y, score, need_both=True, what='AUC')
     # for two classes roc_auc_score is auc(roc_curve); calling the two directly skips its label binarising and
     # halves the cost, which matters in the bootstrap (1000 calls per interval)
-    fpr, tpr, _ = skm.roc_curve(y, s)
-    return float(skm.auc(fpr, tpr))
+    fpr, tpr, _ = _sk().metrics.roc_curve(y, s)
+    return float(_sk().metrics.auc(fpr, tpr))
 
 # %% ../nbs/14_metrics.ipynb #0519c89b
 def average_precision(y, score) -> float:
     "Average precision (scikit-learn): sum over distinct thresholds of (recall step) x precision."
     y, s = check_binary(y, score, need_both=True, what='AP')
-    return float(skm.average_precision_score(y, s))
+    return float(_sk().metrics.average_precision_score(y, s))
 
 # %% ../nbs/14_metrics.ipynb #5f2d7a8c
 def eer(y, score) -> tuple[float, float]:
@@ -131,7 +134,7 @@ def bootstrap_ci(fn, # metric fn(y, score) -> float
         return float(fn(yy, np.concatenate([parts[c] for c in classes])))
     if not free: v = stat(); return v, v
     from scipy import stats
-    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):   # checked once above
+    with _sk().config_context(assume_finite=True, skip_parameter_validation=True):   # checked once above
         res = stats.bootstrap([groups[c] for c in free], stat, n_resamples=n_boot, confidence_level=1 - alpha,
                               method='percentile', vectorized=False, batch=100, rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
@@ -275,13 +278,13 @@ def confusion_matrix(y, pred, n_classes:int|None=None) -> np.ndarray:
     n = n_classes or int(max(y.max(), pred.max())) + 1
     if min(y.min(), pred.min()) < 0 or max(y.max(), pred.max()) >= n:
         raise DflabError(f"identification: labels and predictions must lie in [0, {n})")
-    return skm.confusion_matrix(y, pred, labels=np.arange(n))
+    return _sk().metrics.confusion_matrix(y, pred, labels=np.arange(n))
 
 # %% ../nbs/14_metrics.ipynb #ba499c6b
 def macro_f1(y, pred, n_classes:int|None=None) -> float:
     "Unweighted mean F1 over classes present in labels or predictions (scikit-learn's average='macro')."
     confusion_matrix(y, pred, n_classes)                  # validates lengths and class range
-    return float(skm.f1_score(np.asarray(y).astype(int), np.asarray(pred).astype(int), average='macro',
+    return float(_sk().metrics.f1_score(np.asarray(y).astype(int), np.asarray(pred).astype(int), average='macro',
                               zero_division=0.0))
 
 # %% ../nbs/14_metrics.ipynb #00711175

@@ -8,7 +8,6 @@ import io, json, math
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 from .core import DflabError, atomic_write
 from .metrics import roc_points, detection_metrics, breakdown, average_precision, roc_auc, check_binary
 
@@ -70,7 +69,7 @@ def plot_pr(curves:dict, title:str='Precision-recall curve'):
     fig, ax = _fig()
     for name, (y, s) in curves.items():
         y, s = check_binary(y, s, need_both=True, what='PR curve')
-        precision, recall, _ = skm.precision_recall_curve(y, s)
+        precision, recall, _ = __import__("sklearn.metrics").metrics.precision_recall_curve(y, s)
         sns.lineplot(x=recall[::-1], y=precision[::-1], ax=ax, drawstyle='steps-post',
                      label=f"{name} (AP {average_precision(y, s):.3f})", errorbar=None, sort=False)
     ax.set(xlabel='recall', ylabel='precision', title=title, xlim=(0, 1), ylim=(0, 1.01))

@@ -400,10 +400,7 @@ def fit(self:Trainer) -> Run:
     model, opt = self.acc.prepare(det, opt)
     train_ds, val_ds = self._dataset('train'), self._dataset('val')
     steps = len(self._loader(train_ds, True)); total = steps * t.epochs; warm = int(round(t.warmup_epochs * steps))
-    tb = None
-    if self.main and t.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        tb = SummaryWriter(str(self.run/'tensorboard'))
+    tb = None     # the TensorBoard writer, opened after the first epoch (its import costs a second of start-up)
     wb = None
     if self.main and t.wandb:
         try: import wandb
@@ -441,6 +438,9 @@ def fit(self:Trainer) -> Run:
             write_csv(pd.DataFrame(state['history']), self.run/'history.csv')
             self.log.info(f"epoch {epoch}: train loss {logs['train_loss']:.4f}, val loss {logs['val_loss']:.4f}, val AUC {logs['val_auc']:.4f}"
                           f"{' (best)' if improved else ''} [{logs['seconds']:.1f}s]")
+            if t.tensorboard and tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+                tb = SummaryWriter(str(self.run/'tensorboard'))
             if tb:
                 for k, v in logs.items():
                     if k != 'epoch': tb.add_scalar(k, v, epoch)
