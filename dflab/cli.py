@@ -100,7 +100,7 @@ def main(argv:list[str]|None=None) -> int:
     except KeyboardInterrupt: rc = _fail('interrupted', 130)
     except DflabError as e:
         if debug: traceback.print_exc()
-        rc = _fail(e, 1)
+        rc = _fail(e, getattr(e, 'exit_code', 1))   # a ConfigError is a usage error (2)
     except Exception as e:
         if debug: traceback.print_exc()
         rc = _fail(f"{type(e).__name__}: {e} (run with --debug for the traceback)", 1)

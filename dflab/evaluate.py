@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 from .core import DflabError, RunConfig, from_dict, load_config, set_threads, setup_logging, to_dict
-from .data.manifest import is_image_name
+from .data.manifest import is_image_name, printable
 from .data.protocols import Perturb, parse_perturbations
 from .detectors import Detector, load_detector, read_detector_meta
 from .report import write_csv, write_evaluation
@@ -118,7 +118,7 @@ def predict_images(run_dir, inputs, # image files and/or folders (searched recur
         for i, v in zip(where, s): rows[i].update(score=float(v), label='fake' if v >= thr else 'real')
         batch.clear(); where.clear()
     for f in _image_files(inputs):
-        rows.append({'path': str(f), 'score': None, 'label': None, 'error': None})
+        rows.append({'path': printable(f), 'score': None, 'label': None, 'error': None})   # a readable name
         try: x = det.backbone.preprocess(load_image(f))
         except DflabError as e: rows[-1]['error'] = str(e); continue
         batch.append(x); where.append(len(rows) - 1)

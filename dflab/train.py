@@ -13,12 +13,13 @@ import torch
 from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
-from .core import (DflabError, ConfigError, RunConfig, Run, atomic_write, create_run, from_dict, get_logger,
+from .core import (DflabError, ConfigError, RunConfig, Run, at_least, atomic_write, check_config, checked,
+                        create_run, fraction, from_dict, get_logger, positive,
                         load_config, offline_mode, pick_device, pick_dtype, runs_dir, seed_everything, set_threads,
                         setup_logging, to_dict)
 from .data import protocols
 from .data.datasets import ForensicDataset
-from .checkpoints import latest_checkpoint, optimizer_from_flat, optimizer_to_flat, write_dir
+from .checkpoints import latest_checkpoint, load_checkpoint, optimizer_from_flat, optimizer_to_flat, write_dir
 from .detectors import Detector, create_detector, load_detector, read_detector_meta, save_detector
 from .metrics import choose_threshold, roc_auc, average_precision
 from .report import write_csv, write_evaluation, write_json
@@ -39,8 +40,8 @@ class DataConfig:
     holdout: str|None = None            # leave-one-out: generator (or family:NAME) kept out of train and val
     train_generators: list[str]|None = None  # cross-manipulation: fake generators seen in training
     test_generators: list[str]|None = None   # cross-manipulation: fake generators of the test split
-    val_fraction: float = 0.15          # split sizes when the manifest has no split column
-    test_fraction: float = 0.25
+    val_fraction: float = checked(0.15, fraction)   # split sizes when the manifest has no split column
+    test_fraction: float = checked(0.25, fraction)
     split_seed: int = 0
 
 @dataclass
@@ -56,20 +57,20 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     "Optimiser, schedule and loop settings."
-    epochs: int = 15
-    batch_size: int = 32
-    eval_batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.01
+    epochs: int = checked(15, positive)
+    batch_size: int = checked(32, positive)
+    eval_batch_size: int = checked(256, positive)
+    lr: float = checked(1e-3, at_least(0))          # 0 freezes the head (a check of the loop)
+    weight_decay: float = checked(0.01, at_least(0))
     schedule: str = 'cosine'            # constant | cosine | linear (decay to 0 after warm-up)
-    warmup_epochs: float = 0.0
-    grad_clip: float|None = 1.0         # max gradient norm; null disables clipping
-    patience: int|None = None           # early stopping: epochs without validation improvement
+    warmup_epochs: float = checked(0.0, at_least(0))
+    grad_clip: float|None = checked(1.0, positive)         # max gradient norm; null disables clipping
+    patience: int|None = checked(None, at_least(1))           # early stopping: epochs without validation improvement
     monitor: str = 'auc'                # validation metric choosing best/: auc | ap | loss
     threshold: str = 'balanced'         # how the decision threshold is chosen on validation
     mixed_precision: str = 'auto'       # auto (dflab.core policy) | no | fp16 | bf16
-    num_workers: int = 0
-    n_boot: int = 1000                  # bootstrap replicates for test intervals (0 = none)
+    num_workers: int = checked(0, at_least(0))
+    n_boot: int = checked(1000, at_least(0))                  # bootstrap replicates for test intervals (0 = none)
     plots: bool = True                  # ROC/PR/score/breakdown PNGs in the run directory
     progress: bool = True               # tqdm progress bar
     tensorboard: bool = True            # log scalars to <run>/tensorboard
@@ -207,6 +208,10 @@ class Trainer:
                  callbacks=()): # fn(trainer, epoch, logs) called after each epoch's checkpoint
         from accelerate import Accelerator
         from accelerate.utils import broadcast_object_list
+        check_config(cfg)                                   # every value in range, before a run directory exists
+        if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
+            raise ConfigError(f"data.val_fraction + data.test_fraction must be < 1, got {cfg.data.val_fraction} + "
+                              f"{cfg.data.test_fraction}")
         self.cfg, self.callbacks = cfg, list(callbacks)
         m, t = cfg.model, cfg.train
         if m.finetune_backbone: m.cached = False
@@ -385,10 +390,8 @@ def fit(self:Trainer) -> Run:
     state = {'epoch': 0, 'step': 0, 'best': None, 'best_epoch': None, 'bad_epochs': 0, 'history': []}
     ck = latest_checkpoint(self.run.path) if self.run.resumed else None
     if ck is not None:
-        from safetensors.torch import load_file
-        det.load_state_dict(load_file(ck/'model.safetensors'), strict=True)
-        saved = json.loads((ck/'trainer_state.json').read_text())
-        tens = {k: v for k, v in load_file(ck/'optimizer.safetensors').items() if k != '_empty'}
+        model_state, tens, saved = load_checkpoint(ck)          # a damaged file is named, with what to do
+        det.load_state_dict(model_state, strict=True)
         optimizer_from_flat(opt, tens, saved.pop('optimizer'))
         state = saved
         if self.main:

@@ -85,3 +85,11 @@ def test_readme_and_index_give_the_same_two_commands():
     index = _bash_blocks('\n'.join(c.source for c in nb.cells if c.cell_type == 'markdown'))[:2]
     assert len(readme) == 2 and readme == index, (readme, index)
     assert 'pytest tests' in readme[1]
+
+def test_config_error_is_a_usage_error(tmp_path):
+    "A value out of range in a config is a usage error (exit 2) naming the key, and leaves no run directory."
+    cfg = tmp_path/'c.yaml'
+    cfg.write_text(f"run: {{name: bad, out_dir: {tmp_path}}}\ntrain: {{epochs: -1}}\n")
+    r = sh('train', '--config', cfg)
+    assert r.returncode == 2 and 'train.epochs' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert not (tmp_path/'bad').exists()

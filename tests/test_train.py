@@ -117,10 +117,9 @@ def test_warm_cache_training_never_imports_open_clip(tmp_path):
     code = ("import sys; from dflab.cli import main; rc = main(['train', '--config', sys.argv[1], 'run.name=' + sys.argv[2]]); "
             "print('open_clip' in sys.modules, 'torchvision' in sys.modules); sys.exit(rc)")
     cold = subprocess.run([sys.executable, '-c', code, str(cfg), 'cold'], capture_output=True, text=True, env=ENV, timeout=600)
-    assert cold.returncode == 0, cold.stderr[-2000:]
-    assert cold.stdout.strip().splitlines()[-1].startswith('True')        # the first run loads the backbone...
+    assert cold.returncode == 0, cold.stderr[-2000:]                      # (this run fills the cache if needed)
     warm = subprocess.run([sys.executable, '-c', code, str(cfg), 'warm'], capture_output=True, text=True, env=ENV, timeout=600)
     assert warm.returncode == 0, warm.stderr[-2000:]
-    assert warm.stdout.strip().splitlines()[-1] == 'False False', warm.stdout   # ...the next one neither it nor open_clip
+    assert warm.stdout.strip().splitlines()[-1] == 'False False', warm.stdout   # neither open_clip nor torchvision
     a = json.loads((tmp_path/'cold'/'test_metrics.json').read_text()); b = json.loads((tmp_path/'warm'/'test_metrics.json').read_text())
     assert a['auc'] == b['auc'] and a['val_threshold'] == b['val_threshold']      # and learns exactly the same
