@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, os, shutil
 from pathlib import Path
 import torch
-from .core import DflabError, get_logger
+from .core import DflabError, get_logger, no_fsync
 
 log = get_logger('checkpoints')
 
@@ -18,10 +18,13 @@ __all__ = ['log', 'CHECKPOINT_FILES', 'write_dir', 'optimizer_to_flat', 'optimiz
 # %% ../nbs/13a_checkpoints.ipynb #af9b72ce
 def write_dir(dst:Path, fill) -> Path:
     "Create directory `dst` atomically: `fill(tmp)` writes into a temporary sibling, which is renamed over `dst`."
+    # the files inside are not fsynced one by one (a checkpoint is written every epoch); the reader checks each file,
+    # so a directory torn by a power loss is skipped for the newest intact one (`latest_checkpoint`)
     dst = Path(dst); dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent/f'.{dst.name}.tmp-{os.getpid()}'
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
-    try: fill(tmp)
+    try:
+        with no_fsync(): fill(tmp)
     except BaseException: shutil.rmtree(tmp, ignore_errors=True); raise
     old = dst.parent/f'.{dst.name}.old-{os.getpid()}'
     if dst.exists(): os.replace(dst, old)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #91feca69
 from __future__ import annotations
-import dataclasses, datetime, json, logging, math, os, random, socket, sys, tempfile, types, typing
+import contextvars, dataclasses, datetime, json, logging, math, os, random, socket, sys, tempfile, types, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -13,11 +13,11 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 # %% auto #0
-__all__ = ['positive', 'fraction', 'DflabError', 'ConfigError', 'runs_dir', 'cache_dir', 'atomic_write', 'Bound', 'at_least',
-           'between', 'checked', 'check_config', 'from_dict', 'to_dict', 'RunConfig', 'deep_merge', 'parse_override',
-           'read_yaml', 'load_config', 'save_config', 'get_logger', 'setup_logging', 'Run', 'create_run',
-           'seed_everything', 'pick_device', 'pick_dtype', 'set_threads', 'online_allowed', 'offline_mode',
-           'network_reachable', 'require_network', 'setup_run']
+__all__ = ['positive', 'fraction', 'DflabError', 'ConfigError', 'runs_dir', 'cache_dir', 'no_fsync', 'atomic_write', 'Bound',
+           'at_least', 'between', 'checked', 'check_config', 'from_dict', 'to_dict', 'RunConfig', 'deep_merge',
+           'parse_override', 'read_yaml', 'load_config', 'save_config', 'get_logger', 'setup_logging', 'Run',
+           'create_run', 'seed_everything', 'pick_device', 'pick_dtype', 'set_threads', 'online_allowed',
+           'offline_mode', 'network_reachable', 'require_network', 'setup_run']
 
 # %% ../nbs/00_core.ipynb #c38bf795
 class DflabError(Exception):
@@ -42,6 +42,15 @@ def cache_dir() -> Path:
 def _umask() -> int:
     m = os.umask(0); os.umask(m); return m
 
+_FSYNC = contextvars.ContextVar('dflab_fsync', default=True)
+
+@contextmanager
+def no_fsync():
+    "Within the block, `atomic_write` skips fsync (files inside a directory that is itself renamed into place)."
+    token = _FSYNC.set(False)
+    try: yield
+    finally: _FSYNC.reset(token)
+
 @contextmanager
 def atomic_write(path, # the final file
                  mode:str='wb'): # open mode for the temporary file ('w' for text)
@@ -53,7 +62,8 @@ def atomic_write(path, # the final file
     try:
         with os.fdopen(fd, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
             yield f
-            f.flush(); os.fsync(f.fileno())
+            f.flush()
+            if _FSYNC.get(): os.fsync(f.fileno())   # durable on disk before the rename, unless inside `no_fsync`
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

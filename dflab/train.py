@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from .core import (DflabError, ConfigError, RunConfig, Run, at_least, atomic_write, check_config, checked,
-                        create_run, fraction, from_dict, get_logger, positive,
+                        create_run, fraction, from_dict, get_logger, no_fsync, positive,
                         load_config, offline_mode, pick_device, pick_dtype, runs_dir, seed_everything, set_threads,
                         setup_logging, to_dict)
 from .data import protocols
@@ -438,7 +438,7 @@ def fit(self:Trainer) -> Run:
             ck = self._save_checkpoint(model, opt, state, threshold=thr, val=logs)
             if improved: self._publish(ck, 'best')
             if state['stopped']: self._publish(ck, 'final')
-            write_csv(pd.DataFrame(state['history']), self.run/'history.csv')
+            with no_fsync(): write_csv(pd.DataFrame(state['history']), self.run/'history.csv')   # also in the state
             self.log.info(f"epoch {epoch}: train loss {logs['train_loss']:.4f}, val loss {logs['val_loss']:.4f}, val AUC {logs['val_auc']:.4f}"
                           f"{' (best)' if improved else ''} [{logs['seconds']:.1f}s]")
             if t.tensorboard and tb is None:
