@@ -1,6 +1,7 @@
 "Feature cache tests a notebook can't run: concurrent writer processes and the dflab CLI as a subprocess."
 import multiprocessing as mp, os, shutil, subprocess, sys
 from pathlib import Path
+import pandas as pd
 import pytest
 
 def _writer(cache, rows, seed, q):
@@ -36,6 +37,19 @@ def test_concurrent_writers(tmp_path):
     cold = extract(df, bb, ['final', 'cls:0'], cache=False, num_workers=0, progress=False)
     for l in cold: torch.testing.assert_close(warm[l], cold[l], atol=2e-3 * float(cold[l].abs().max()), rtol=0)
     assert len(FeatureStore(tmp_path, cache_key(bb), 'final')) == 80
+    # the two writers computed the same images: prune drops every shard another shard covers, keeping one copy
+    from dflab.features import prune
+    from dflab.features.cache import _redundant
+    n0 = len(FeatureStore(tmp_path, cache_key(bb), 'final').shard_files())
+    g = prune(tmp_path)
+    assert g['shards'] == 0 and g['duplicates'] >= 1, g
+    for l in ('final', 'cls:0'):
+        st = FeatureStore(tmp_path, cache_key(bb), l)
+        assert len(st) == 80 and not _redundant(st._shards)
+    assert len(FeatureStore(tmp_path, cache_key(bb), 'final').shard_files()) < n0
+    assert prune(tmp_path, dry_run=True)['duplicates'] == 0
+    again = extract(df, bb, ['final', 'cls:0'], cache=tmp_path, num_workers=0, progress=False)
+    assert again.stats['computed'] == 0 and all(torch.equal(again[l], warm[l]) for l in warm)
 
 def test_cli_subprocess(tmp_path):
     from dflab.synth import benchmark_manifest
@@ -50,3 +64,32 @@ def test_cli_subprocess(tmp_path):
     assert '16 computed, 0 from cache' in r.stdout and 'cls:3' in r.stdout
     r = run('features', '--manifest', m, '--backbone', 'openclip:ViT-B-32@/no/such.safetensors', '--cache', tmp_path/'c')
     assert r.returncode == 1 and 'weights file not found' in r.stderr and 'Traceback' not in r.stderr
+    r = run('features', '--manifest', m, '--cache', tmp_path/'c', '--batch-size', '0')
+    assert r.returncode == 2 and '--batch-size must be at least 1' in r.stderr
+
+def test_cli_missing_and_replaced_files(tmp_path):
+    "A file deleted or replaced after the manifest was built is named, never served from the cache; --skip-bad."
+    import shutil as sh
+    from dflab.synth import benchmark_manifest
+    from dflab.data.manifest import new_manifest, write_manifest
+    b = benchmark_manifest('tiny')
+    for i in range(8): sh.copy(Path(b.attrs['root'])/b.path[i], tmp_path/f'{i}.png')
+    m = write_manifest(new_manifest([{'path': f'{i}.png', 'label': int(b.label[i]), 'sha256': b.sha256[i]}
+                                     for i in range(8)], tmp_path), tmp_path/'m.parquet')
+    env = {**os.environ, 'DFLAB_THREADS': '1'}
+    dflab = shutil.which('dflab', path=str(Path(sys.executable).parent)) or shutil.which('dflab')
+    run = lambda *a: subprocess.run([dflab, 'features', '--manifest', m, '--cache', tmp_path/'c', '--no-progress',
+                                     '--num-workers', '0', *map(str, a)], capture_output=True, text=True, env=env,
+                                    timeout=300)
+    assert run().returncode == 0
+    (tmp_path/'2.png').unlink()
+    st = (tmp_path/'5.png').stat()
+    (tmp_path/'5.png').write_bytes((Path(b.attrs['root'])/b.path[9]).read_bytes())
+    os.utime(tmp_path/'5.png', ns=(st.st_atime_ns, st.st_mtime_ns))    # same mtime: the ctime still tells
+    r = run()
+    assert r.returncode == 1 and '2.png (missing' in r.stderr and '5.png (changed' in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr and '--skip-bad' in r.stderr
+    r = run('--skip-bad')
+    assert r.returncode == 0 and '6 images' in r.stdout and '0 computed, 6 from cache' in r.stdout, r.stdout
+    rej = pd.read_csv(tmp_path/'m.features-rejected.csv')
+    assert sorted(zip(rej.path, rej.reason)) == [('2.png', 'missing'), ('5.png', 'changed')]
