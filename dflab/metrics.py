@@ -16,8 +16,8 @@ def _sk():
 
 # %% auto #0
 __all__ = ['THRESHOLD_CRITERIA', 'check_binary', 'roc_points', 'roc_auc', 'average_precision', 'eer', 'tpr_at_fpr', 'accuracy_at',
-           'choose_threshold', 'ece', 'bootstrap_ci', 'bootstrap_detection', 'detection_metrics', 'breakdown',
-           'topk_accuracy', 'confusion_matrix', 'macro_f1', 'identification_metrics']
+           'choose_threshold', 'ece', 'bootstrap_ci', 'bootstrap_detection', 'rank_metrics', 'detection_metrics',
+           'breakdown', 'topk_accuracy', 'confusion_matrix', 'macro_f1', 'identification_metrics']
 
 # %% ../nbs/14_metrics.ipynb #6c2082be
 def check_binary(y, # labels, 0 real / 1 fake
@@ -195,6 +195,16 @@ def bootstrap_detection(y, score, n_boot:int=1000, alpha:float=0.05, seed:int=0,
                                       thresholds or {}, which))
     q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
     return {k: tuple(float(v) for v in np.percentile(np.concatenate([p[k] for p in vals]), q)) for k in vals[0]}
+
+
+# %% ../nbs/14_metrics.ipynb #355d3e7f
+def rank_metrics(y, score) -> dict[str, float]:
+    "AUC, AP and EER in one sort, exactly as `roc_auc`, `average_precision` and `eer` give them (for per-epoch validation)."
+    y, s = check_binary(y, score, need_both=True, what='rank metrics')
+    _, ys, ss, c1, c0 = _sorted_scores(y, s)
+    n1 = int(ys.sum())
+    m = _weighted_metrics(ys, ss, c1, c0, np.ones((1, n1), np.int32), np.ones((1, len(y) - n1), np.int32), {})
+    return {k: float(v[0]) for k, v in m.items()}
 
 
 # %% ../nbs/14_metrics.ipynb #6aaabd73

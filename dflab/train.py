@@ -21,7 +21,7 @@ from .data import protocols
 from .data.datasets import ForensicDataset
 from .checkpoints import latest_checkpoint, load_checkpoint, optimizer_from_flat, optimizer_to_flat, write_dir
 from .detectors import Detector, create_detector, load_detector, read_detector_meta, save_detector
-from .metrics import choose_threshold, roc_auc, average_precision
+from .metrics import choose_threshold, rank_metrics
 from .report import write_csv, write_evaluation, write_json
 
 # %% auto #0
@@ -336,7 +336,8 @@ def predictions_table(self:Trainer, p:pd.DataFrame, threshold:float) -> pd.DataF
 @patch
 def _val_value(self:Trainer, p:pd.DataFrame) -> dict:
     y, s = p.label.to_numpy(), p.score.to_numpy()
-    return {'val_loss': float(p.loss.mean()), 'val_auc': roc_auc(y, s), 'val_ap': average_precision(y, s)}
+    r = rank_metrics(y, s)                                         # AUC and AP in one sort
+    return {'val_loss': float(p.loss.mean()), 'val_auc': r['auc'], 'val_ap': r['ap']}
 
 # %% ../nbs/13_train.ipynb #47b15465
 @patch
