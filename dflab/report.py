@@ -12,8 +12,8 @@ from .core import DflabError, atomic_write
 from .metrics import roc_points, detection_metrics, breakdown, average_precision, roc_auc, check_binary
 
 # %% auto #0
-__all__ = ['GROUPINGS', 'write_json', 'write_csv', 'save_figure', 'plot_roc', 'plot_pr', 'plot_score_hist', 'plot_breakdown',
-           'write_evaluation', 'write_text_report']
+__all__ = ['QUANTILES', 'GROUPINGS', 'write_json', 'write_csv', 'save_figure', 'plot_roc', 'plot_pr', 'plot_score_hist',
+           'plot_breakdown', 'single_class_metrics', 'write_evaluation', 'write_text_report']
 
 # %% ../nbs/15_report.ipynb #c5766b08
 def _plain(v):
@@ -100,6 +100,37 @@ def plot_breakdown(table:pd.DataFrame, by:str='generator', metric:str='auc', tit
     ax.tick_params(axis='x', rotation=30)
     return fig
 
+# %% ../nbs/15_report.ipynb #129cb54e
+QUANTILES = {'min': 0.0, 'p05': 0.05, 'p25': 0.25, 'median': 0.5, 'p75': 0.75, 'p95': 0.95, 'max': 1.0}
+
+def _wilson(k:int, n:int, z:float=1.959964) -> list[float]:
+    "Wilson 95% interval of a proportion k/n (sound at 0 and n, where the bootstrap collapses)."
+    p, d = k / n, 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [max(0.0, c - h), min(1.0, c + h)]
+
+def single_class_metrics(y, score, # labels (all 0 or all 1) and P(fake) scores
+                         threshold:float|None=None) -> dict: # the decision threshold chosen on validation
+    "A one-class set (all real or all fake): accuracy at 0.5 and at `threshold`, Wilson intervals, score quantiles."
+    y, s = check_binary(y, score, what='single-class metrics')
+    if y.min() != y.max(): raise DflabError("single_class_metrics: the set has both classes; use detection_metrics")
+    cls = 'fake' if y[0] == 1 else 'real'
+    out = {'n': int(len(y)), 'n_real': int((y == 0).sum()), 'n_fake': int(y.sum()), 'single_class': cls,
+           'auc': None, 'ap': None, 'eer': None,
+           'no_auc': f"only {cls} images: AUC, AP and EER rank real against fake images and need both"}
+    ci = {}
+    for suffix, t in (('', 0.5), ('_val', threshold)):
+        if t is None: continue
+        if suffix: out['val_threshold'] = float(t)
+        k = int(((s >= t) if cls == 'fake' else (s < t)).sum())
+        out[f'acc{suffix}'] = out[f'{cls}_acc{suffix}'] = k / len(y)
+        out[f'n_called_fake{suffix}'] = int((s >= t).sum())
+        ci[f'acc{suffix}'] = _wilson(k, len(y))
+    out['score_mean'] = float(s.mean())
+    out['score_quantiles'] = {k: float(np.quantile(s, q)) for k, q in QUANTILES.items()}
+    out['ci95'] = ci
+    return out
+
 # %% ../nbs/15_report.ipynb #7e55f0e0
 GROUPINGS = {'generator': 'all', 'family': 'all', 'category': 'same'}  # column -> which reals to compare with
 
@@ -111,7 +142,19 @@ def _check_pred(df:pd.DataFrame, threshold:float, split:str):
         raise DflabError(f"write_evaluation: {int(off.sum())} of {len(df)} {split} rows have a pred that is not "
                          f"score >= {threshold!r}; pass the threshold the predictions were made with")
 
-# %% ../nbs/15_report.ipynb #42d2cff8
+# %% ../nbs/15_report.ipynb #2e4d4e83
+def _single_class_tables(preds:pd.DataFrame, threshold:float|None) -> dict:
+    "Per generator/family/category of a one-class set: images, accuracy at the threshold, median score."
+    t = 0.5 if threshold is None else float(threshold)
+    fake = bool(preds.label.iloc[0] == 1)
+    out = {}
+    for col in GROUPINGS:
+        if col not in preds or not preds[col].notna().any(): continue
+        g = preds.assign(ok=(preds.score >= t) if fake else (preds.score < t)).groupby(col, dropna=True)
+        out[col] = pd.DataFrame({'n': g.size(), f"{'fake' if fake else 'real'}_acc": g.ok.mean(),
+                                 'median_score': g.score.median()}).reset_index()
+    return out
+
 def write_evaluation(out_dir, # the run directory (or a sub-directory of it for a new evaluation)
                      preds:pd.DataFrame, # evaluated split: label, score and optional pred/generator/family/category
                      val:pd.DataFrame|None=None, # validation rows: written and plotted, never used to pick a threshold
@@ -120,35 +163,45 @@ def write_evaluation(out_dir, # the run directory (or a sub-directory of it for 
                      title:str='dflab evaluation', n_boot:int=1000, extra:dict|None=None,
                      plots:bool=True) -> dict: # False skips the PNGs (they take about a second each on a small CPU)
     "Compute metrics and breakdowns for `preds` at `threshold` and write predictions, metrics, plots and report.md."
+    # a one-class set gets `single_class_metrics`: accuracy at the threshold and the score distribution, no AUC
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     y, s = preds['label'].to_numpy(), preds['score'].to_numpy(float)
     if threshold is not None:
         threshold = float(threshold)
         for df, split in ((preds, prefix), (val, 'val')):
             if df is not None: _check_pred(df, threshold, split)
-    m = detection_metrics(y, s, threshold=threshold, ci=n_boot > 0, n_boot=n_boot)
-    tables = {}
-    for col, reals in GROUPINGS.items():
-        if col in preds and preds.loc[preds.label == 1, col].nunique(dropna=True) >= 1 and preds[col].notna().any():
-            try: tables[col] = breakdown(preds, by=col, reals=reals, ci=n_boot > 0, n_boot=n_boot)
-            except DflabError: continue      # e.g. categories without their own reals
+    single = len(y) > 0 and len(np.unique(y)) == 1    # all real (a photo collection) or all fake: no ranking
+    if single: m, tables = single_class_metrics(y, s, threshold), _single_class_tables(preds, threshold)
+    else:
+        m = detection_metrics(y, s, threshold=threshold, ci=n_boot > 0, n_boot=n_boot)
+        tables = {}
+        for col, reals in GROUPINGS.items():
+            if col in preds and preds.loc[preds.label == 1, col].nunique(dropna=True) >= 1 and preds[col].notna().any():
+                try: tables[col] = breakdown(preds, by=col, reals=reals, ci=n_boot > 0, n_boot=n_boot)
+                except DflabError: continue      # e.g. categories without their own reals
     metrics = {**(extra or {}), prefix: m, **{f'per_{c}': t.to_dict('records') for c, t in tables.items()}}
     all_preds = pd.concat(([] if val is None else [val.assign(split='val')]) + [preds.assign(split=prefix)])
     write_csv(all_preds, out/'predictions.csv'); write_json(metrics, out/'metrics.json')
     write_csv(preds, out/f'{prefix}_predictions.csv'); write_json(m, out/f'{prefix}_metrics.json')
     curves = {prefix: (y, s)}
     if val is not None: curves = {'val': (val['label'].to_numpy(), val['score'].to_numpy(float)), **curves}
-    if plots:
+    if plots and single:
+        by = next((c for c in GROUPINGS if c in preds and preds[c].notna().any()), None)
+        h = preds.assign(**{by: preds[by].fillna(m['single_class'])}) if by else preds.assign(set=m['single_class'])
+        save_figure(plot_score_hist(h, by=by or 'set', threshold=m.get('val_threshold', 0.5),
+                                    title=f"Scores of {m['single_class']} images"), out/'score_hist.png')
+    elif plots:
         save_figure(plot_roc(curves), out/'roc_curve.png'); save_figure(plot_pr(curves), out/'pr_curve.png')
         if 'generator' in preds:
             save_figure(plot_score_hist(preds, threshold=m.get('val_threshold', 0.5)), out/'score_hist.png')
     for c, t in tables.items():
         write_csv(t, out/f'per_{c}.csv')
-        if plots: save_figure(plot_breakdown(t, by=c), out/f'per_{c}.png')
+        kw = {'metric': f"{m['single_class']}_acc", 'title': f'accuracy per {c}'} if single else {}
+        if plots: save_figure(plot_breakdown(t, by=c, **kw), out/f'per_{c}.png')
     write_text_report(out/'report.md', m, tables, title=title, prefix=prefix, extra=extra)
     return metrics
 
-# %% ../nbs/15_report.ipynb #b5700e9f
+# %% ../nbs/15_report.ipynb #4f8b6a4a
 def _fmt(v):
     if v is None or (isinstance(v, float) and math.isnan(v)): return '–'
     return f'{v:.4f}' if isinstance(v, float) else str(v)
@@ -159,9 +212,37 @@ def _md_table(df:pd.DataFrame) -> str:
     lines += ['| ' + ' | '.join(_fmt(v) for v in row) + ' |' for row in df.itertuples(index=False)]
     return '\n'.join(lines)
 
+def _single_class_report(path, m:dict, tables:dict, title:str, prefix:str, extra:dict|None) -> Path:
+    "report.md of a one-class set: why there is no AUC, accuracy at the threshold, the score distribution."
+    cls = m['single_class']; other = 'fake' if cls == 'real' else 'real'
+    meaning = ('the share called real is the specificity; every image called fake is a false positive' if cls == 'real'
+               else 'the share called fake is the detection rate (recall); every image called real is missed')
+    ci = m.get('ci95', {})
+    ival = lambda k: ('[' + ', '.join(_fmt(x) for x in ci[k]) + ']') if k in ci else ''
+    txt = [f'# {title}', '', f"{m['n']} images on the {prefix} split, all {cls} (0 {other}).", '',
+           f"No AUC, AP or EER: they rank {other} against {cls} images, and this set has only {cls} images. "
+           f"It is judged at the decision threshold instead: {meaning}."]
+    if 'val_threshold' in m:
+        txt.append(f"Threshold chosen on the validation split: {m['val_threshold']:.4f} (fake if score >= threshold).")
+    if extra: txt += ['', *[f"- {k}: {v}" for k, v in extra.items() if not isinstance(v, (dict, list))]]
+    rows = [(f'accuracy @ val threshold (called {cls})', 'acc_val'),
+            ('called fake @ val threshold', 'n_called_fake_val'), (f'accuracy @ 0.5 (called {cls})', 'acc'),
+            ('called fake @ 0.5', 'n_called_fake'), ('mean score', 'score_mean')]
+    txt += ['', '| metric | value | 95% CI (Wilson) |', '|---|---|---|',
+            *[f"| {name} | {_fmt(m[k])} | {ival(k)} |" for name, k in rows if k in m]]
+    q = m['score_quantiles']
+    txt += ['', '## Score distribution', '', '| ' + ' | '.join(q) + ' |', '|' + '---|' * len(q),
+            '| ' + ' | '.join(_fmt(v) for v in q.values()) + ' |']
+    here = Path(path).parent
+    if (here/'score_hist.png').exists(): txt += ['', '![scores](score_hist.png)']
+    for c, t in tables.items(): txt += ['', f'## Per {c}', '', _md_table(t)]
+    with atomic_write(path, 'w') as f: f.write('\n'.join(txt) + '\n')
+    return Path(path)
+
 def write_text_report(path, m:dict, tables:dict, title:str='dflab evaluation', prefix:str='test',
                       extra:dict|None=None) -> Path:
     "Write report.md: headline metrics with intervals, per-group tables and the plots."
+    if m.get('single_class'): return _single_class_report(path, m, tables, title, prefix, extra)
     ci = m.get('ci95', {})
     head = [('AUC', 'auc'), ('AP', 'ap'), ('EER', 'eer'), ('TPR @ 1% FPR', 'tpr_at_fpr_1'),
             ('TPR @ 5% FPR', 'tpr_at_fpr_5'), ('accuracy @ 0.5', 'acc'), ('real acc @ 0.5', 'real_acc'),
