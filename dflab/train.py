@@ -50,7 +50,7 @@ class ModelConfig:
     detector: str = 'linear-probe'      # a name from dflab.detectors.list_detectors()
     backbone: str = 'openclip:dflab-tiny'  # a dflab backbone name (family:arch[@weights])
     layer: str = 'final'                # feature layer of the backbone
-    cached: bool = True                 # train on cached features (frozen backbone); False recomputes images every epoch
+    cached: bool = True                 # train on cached features (frozen backbone); False: images every epoch
     finetune_backbone: bool = False     # end to end: train the image encoder too (implies cached: false)
     options: dict = field(default_factory=dict)  # detector keyword arguments (hidden, dropout, prompts, ...)
 
@@ -172,7 +172,8 @@ class FeatureBatches:
 # %% ../nbs/13_train.ipynb #8bfdbfe8
 def image_dataset(manifest:pd.DataFrame, indices, transform, perturb=None) -> Subset:
     "Rows `indices` of a manifest as preprocessed images {'image', 'label', 'index'} (index = manifest row)."
-    return Subset(ForensicDataset(manifest, transform=transform, mode='image', perturb=perturb), list(map(int, indices)))
+    ds = ForensicDataset(manifest, transform=transform, mode='image', perturb=perturb)
+    return Subset(ds, list(map(int, indices)))
 
 def _inputs(batch:dict) -> torch.Tensor:
     "What a detector takes from a batch: cached features, or images."
@@ -245,8 +246,10 @@ class Trainer:
         # backbone and features: with a warm cache, the backbone is known by its cache record and never loaded
         if m.cached and features is None and backbone is None:
             from dflab.features import recall_features
-            backbone, features = recall_features(self.manifest, m.backbone, m.layer, device=self.acc.device) or (None, None)
-            if features is not None: self.log.info(f"features {tuple(features.shape)} of {m.backbone} [{m.layer}] from the cache")
+            found = recall_features(self.manifest, m.backbone, m.layer, device=self.acc.device)
+            backbone, features = found or (None, None)
+            if features is not None:
+                self.log.info(f"features {tuple(features.shape)} of {m.backbone} [{m.layer}] from the cache")
         if backbone is None:
             from dflab.backbones import load_backbone
             backbone = load_backbone(m.backbone, device=self.acc.device)
@@ -311,14 +314,16 @@ def predict(self:Trainer, model, ds, desc='eval') -> pd.DataFrame:
         with self.acc.autocast(): logits = model(x)
         s = Detector.scores(logits.float())
         sc.append(s.double().cpu().numpy()); idx.append(b['index'].numpy())   # float64: CSVs round-trip exactly
-        loss.append(torch.nn.functional.binary_cross_entropy(s.clamp(1e-7, 1 - 1e-7), y.float(), reduction='none').cpu().numpy())
+        bce = torch.nn.functional.binary_cross_entropy(s.clamp(1e-7, 1 - 1e-7), y.float(), reduction='none')
+        loss.append(bce.cpu().numpy())
     cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)
     part = [(cat(idx, int), cat(sc, float), cat(loss, float))]
     parts = gather_object(part) if self.acc.num_processes > 1 else part
     i, s, l = (np.concatenate([p[k] for p in parts]) for k in range(3))
     i, first = np.unique(i, return_index=True)        # DistributedSampler pads by repeating samples: keep each once
     expected = np.sort(np.asarray(ds.indices))
-    if len(i) != len(expected) or (i != expected).any(): raise DflabError(f"evaluation covered {len(i)} of {len(expected)} samples")
+    if len(i) != len(expected) or (i != expected).any():
+        raise DflabError(f"evaluation covered {len(i)} of {len(expected)} samples")
     return pd.DataFrame({'index': i, 'label': self.labels[i], 'score': s[first], 'loss': l[first]})
 
 # %% ../nbs/13_train.ipynb #b92580d3
@@ -326,7 +331,8 @@ def predict(self:Trainer, model, ds, desc='eval') -> pd.DataFrame:
 def predictions_table(self:Trainer, p:pd.DataFrame, threshold:float) -> pd.DataFrame:
     "Prediction rows with the manifest's path, generator, family, category and the thresholded label."
     meta = self.manifest.iloc[p['index'].to_numpy()]
-    out = pd.DataFrame({'index': p['index'].to_numpy(), 'path': meta.path.astype(str).to_numpy(), 'label': p.label.to_numpy()})
+    out = pd.DataFrame({'index': p['index'].to_numpy(), 'path': meta.path.astype(str).to_numpy(),
+                        'label': p.label.to_numpy()})
     for c in ('generator', 'family', 'category'):
         if c in meta and meta[c].notna().any(): out[c] = meta[c].astype(object).where(meta[c].notna(), None).to_numpy()
     out['score'] = p.score.to_numpy(); out['pred'] = (out.score >= threshold).astype(int)
@@ -355,7 +361,8 @@ def _save_checkpoint(self:Trainer, model, opt, state:dict, **extra) -> Path:
     tensors, meta = optimizer_to_flat(opt.optimizer if hasattr(opt, 'optimizer') else opt)
     def fill(d):
         save_detector(det, d, extra=self._meta(epoch=state['epoch'], **extra))
-        with atomic_write(d/'optimizer.safetensors') as f: f.write(save(tensors) if tensors else save({'_empty': torch.zeros(0)}))
+        with atomic_write(d/'optimizer.safetensors') as f:
+            f.write(save(tensors) if tensors else save({'_empty': torch.zeros(0)}))
         write_json({**state, 'optimizer': meta}, d/'trainer_state.json')   # last file: marks the checkpoint complete
     return write_dir(self.run.checkpoints/f"epoch-{state['epoch']}", fill)
 
@@ -367,13 +374,15 @@ def _publish(self:Trainer, ck:Path, name:str):
         for f in ('model.safetensors', 'detector.json'): shutil.copyfile(ck/f, d/f)
     write_dir(self.run/name, fill)
     if name == 'final':
-        shutil.copyfile(ck/'model.safetensors', self.run/'.final_model.tmp'); os.replace(self.run/'.final_model.tmp', self.run/'final_model.safetensors')
+        shutil.copyfile(ck/'model.safetensors', self.run/'.final_model.tmp')
+        os.replace(self.run/'.final_model.tmp', self.run/'final_model.safetensors')
 
 # %% ../nbs/13_train.ipynb #7330afa7
 @patch
 def _repair(self:Trainer, state:dict):
     "After a kill: drop half-written checkpoint directories, and re-publish best/ and final/ if they lag the state."
-    for p in list(self.run.checkpoints.glob('.*.tmp-*')) + list(self.run.path.glob('.*.tmp-*')) + list(self.run.path.glob('.*.old-*')):
+    debris = [*self.run.checkpoints.glob('.*.tmp-*'), *self.run.path.glob('.*.tmp-*'), *self.run.path.glob('.*.old-*')]
+    for p in debris:
         shutil.rmtree(p, ignore_errors=True)
     for name, ep in (('best', state.get('best_epoch')), ('final', state['epoch'] if state.get('stopped') else None)):
         if ep is None: continue
@@ -408,11 +417,15 @@ def fit(self:Trainer) -> Run:
     wb = None
     if self.main and t.wandb:
         try: import wandb
-        except ImportError: raise DflabError("train.wandb is true but wandb is not installed; pip install wandb") from None
+        except ImportError:
+            raise DflabError("train.wandb is true but wandb is not installed; pip install wandb") from None
         os.environ.setdefault('WANDB_MODE', 'offline')
-        wb = wandb.init(project='dflab', name=self.run.name, dir=str(self.run.path), config=to_dict(cfg), resume='allow')
-    if self.main: self.log.info(f"training {cfg.model.detector} ({sum(p.numel() for p in params)} parameters) for {t.epochs} epochs, "
-                                f"{steps} steps each, {'cached features' if cfg.model.cached else 'images'}, {self.acc.num_processes} process(es)")
+        wb = wandb.init(project='dflab', name=self.run.name, dir=str(self.run.path), config=to_dict(cfg),
+                        resume='allow')
+    if self.main:
+        self.log.info(f"training {cfg.model.detector} ({sum(p.numel() for p in params)} parameters) for {t.epochs} "
+                      f"epochs, {steps} steps each, {'cached features' if cfg.model.cached else 'images'}, "
+                      f"{self.acc.num_processes} process(es)")
     for epoch in range(state['epoch'] + 1, t.epochs + 1):
         t0 = time.time()
         torch.manual_seed(cfg.run.seed * 1000 + epoch)           # dropout masks depend on (seed, epoch) only
@@ -426,8 +439,10 @@ def fit(self:Trainer) -> Run:
             if t.grad_clip: self.acc.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step(); state['step'] += 1; losses.append(loss.item())
         vp = self.predict(model, val_ds, 'val')
-        train_loss = self.acc.reduce(torch.tensor(float(np.mean(losses)), device=self.acc.device), 'mean').item()  # averaged over processes
-        logs = {'epoch': epoch, 'train_loss': train_loss, **self._val_value(vp), 'lr': opt.param_groups[0]['lr'], 'seconds': time.time() - t0}
+        mean_loss = torch.tensor(float(np.mean(losses)), device=self.acc.device)
+        train_loss = self.acc.reduce(mean_loss, 'mean').item()             # averaged over processes
+        logs = {'epoch': epoch, 'train_loss': train_loss, **self._val_value(vp), 'lr': opt.param_groups[0]['lr'],
+                'seconds': time.time() - t0}
         state['history'].append(logs); state['epoch'] = epoch
         improved = self._better(logs, state['best'])
         if improved: state.update(best=logs['val_' + t.monitor], best_epoch=epoch, bad_epochs=0)
@@ -440,7 +455,8 @@ def fit(self:Trainer) -> Run:
             if improved: self._publish(ck, 'best')
             if state['stopped']: self._publish(ck, 'final')
             with no_fsync(): write_csv(pd.DataFrame(state['history']), self.run/'history.csv')   # also in the state
-            self.log.info(f"epoch {epoch}: train loss {logs['train_loss']:.4f}, val loss {logs['val_loss']:.4f}, val AUC {logs['val_auc']:.4f}"
+            self.log.info(f"epoch {epoch}: train loss {logs['train_loss']:.4f}, val loss {logs['val_loss']:.4f}, "
+                          f"val AUC {logs['val_auc']:.4f}"
                           f"{' (best)' if improved else ''} [{logs['seconds']:.1f}s]")
             if t.tensorboard and tb is None:
                 from torch.utils.tensorboard import SummaryWriter
@@ -453,7 +469,8 @@ def fit(self:Trainer) -> Run:
         self.acc.wait_for_everyone()
         for cb in self.callbacks: cb(self, epoch, logs)
         if stop:
-            if self.main: self.log.info(f"early stopping after epoch {epoch}: no validation improvement for {t.patience} epochs")
+            if self.main:
+                self.log.info(f"early stopping after epoch {epoch}: no validation improvement for {t.patience} epochs")
             break
     if tb: tb.close()
     if wb: wb.finish()
@@ -465,7 +482,8 @@ def fit(self:Trainer) -> Run:
 def test(self:Trainer, which:str='best') -> dict:
     "Evaluate the saved `best/` (or `final/`) model on the test split and write the run's evaluation files."
     d = self.run/which
-    if not (d/'model.safetensors').is_file(): raise DflabError(f"no trained model in {d}; train first (--mode train or both)")
+    if not (d/'model.safetensors').is_file():
+        raise DflabError(f"no trained model in {d}; train first (--mode train or both)")
     det = load_detector(d, backbone=None if self.cfg.model.cached else self.backbone).to(self.acc.device)
     if not self.cfg.model.cached and det.backbone is None: det.attach(self.backbone)
     meta = read_detector_meta(d)
@@ -474,11 +492,15 @@ def test(self:Trainer, which:str='best') -> dict:
     metrics = None
     if self.main:
         extra = {'run': self.run.name, 'detector': self.cfg.model.detector, 'backbone': self.cfg.model.backbone,
-                 'protocol': self.cfg.data.protocol, 'holdout': self.cfg.data.holdout, 'model': which, 'epoch': meta.get('epoch')}
-        metrics = write_evaluation(self.run.path, self.predictions_table(tp, thr), val=self.predictions_table(vp, thr), threshold=thr,
-                                   n_boot=self.cfg.train.n_boot, plots=self.cfg.train.plots, title=f"{self.cfg.model.detector} on {self.cfg.data.benchmark or self.cfg.data.manifest} ({self.cfg.data.protocol})", extra=extra)
+                 'protocol': self.cfg.data.protocol, 'holdout': self.cfg.data.holdout, 'model': which,
+                 'epoch': meta.get('epoch')}
+        c = self.cfg
+        title = f"{c.model.detector} on {c.data.benchmark or c.data.manifest} ({c.data.protocol})"
+        metrics = write_evaluation(self.run.path, self.predictions_table(tp, thr), val=self.predictions_table(vp, thr),
+                                   threshold=thr, n_boot=c.train.n_boot, plots=c.train.plots, title=title, extra=extra)
         m = metrics['test']
-        self.log.info(f"test ({which}, epoch {meta.get('epoch')}): AUC {m['auc']:.4f}  AP {m['ap']:.4f}  EER {m['eer']:.4f}  "
+        self.log.info(f"test ({which}, epoch {meta.get('epoch')}): AUC {m['auc']:.4f}  AP {m['ap']:.4f}  "
+                      f"EER {m['eer']:.4f}  "
                       f"acc@0.5 {m['acc']:.4f}  acc@val-thr {m.get('acc_val', float('nan')):.4f}")
     self.acc.wait_for_everyone()
     return metrics
@@ -489,7 +511,8 @@ def train(cfg:TrainRunConfig, mode:str='both', resume=None, **kw) -> tuple[Run, 
     if mode not in ('train', 'test', 'both'): raise DflabError(f"mode must be train, test or both, got '{mode}'")
     if mode == 'test' and resume is None:
         resume = Path(cfg.run.out_dir or runs_dir())/cfg.run.name
-        if not resume.is_dir(): raise DflabError(f"--mode test evaluates an existing run; no run {resume} (pass --resume RUN)")
+        if not resume.is_dir():
+            raise DflabError(f"--mode test evaluates an existing run; no run {resume} (pass --resume RUN)")
     tr = Trainer(cfg, resume=resume, **kw)
     if mode in ('train', 'both'): tr.fit()
     metrics = tr.test() if mode in ('test', 'both') else None
@@ -519,11 +542,16 @@ def config_path(name:str) -> Path:
 # %% ../nbs/13_train.ipynb #460929b7
 def train_main(argv=None):
     "dflab train --config FILE [key=value ...] [--mode train|test|both] [--resume RUN]"
-    p = argparse.ArgumentParser(prog='dflab train', description='Train a detector from a config; evaluate it on the test split.')
-    p.add_argument('--config', required=True, help=f'YAML config file, or a shipped example name ({", ".join(list_configs())})')
-    p.add_argument('overrides', nargs='*', help='section.key=value overrides, e.g. train.epochs=5 model.detector=mlp-head')
-    p.add_argument('--mode', choices=('train', 'test', 'both'), default='both', help='train only, test an existing run, or both (default)')
-    p.add_argument('--resume', help='continue (or, with --mode test, evaluate) this run: a directory or a name under the runs directory')
+    p = argparse.ArgumentParser(prog='dflab train',
+                                description='Train a detector from a config; evaluate it on the test split.')
+    p.add_argument('--config', required=True,
+                   help=f'YAML config file, or a shipped example name ({", ".join(list_configs())})')
+    p.add_argument('overrides', nargs='*',
+                   help='section.key=value overrides, e.g. train.epochs=5 model.detector=mlp-head')
+    p.add_argument('--mode', choices=('train', 'test', 'both'), default='both',
+                   help='train only, test an existing run, or both (default)')
+    p.add_argument('--resume', help='continue (or, with --mode test, evaluate) this run: a directory or a name '
+                   'under the runs directory')
     a = p.parse_args(argv)
     cfg = load_config(TrainRunConfig, config_path(a.config), overrides=a.overrides)
     run, m = train(cfg, mode=a.mode, resume=a.resume)

@@ -64,7 +64,9 @@ def test_predict_folder_with_corrupt_image(trained, tmp_path):
     for i, f in enumerate(src): shutil.copy(f, tmp_path/f'ok{i}.png')
     (tmp_path/'bad.jpg').write_bytes(b'\xff\xd8\xff garbage')
     (tmp_path/'notes.txt').write_text('not an image')
-    r = sh('predict', '--run', trained, tmp_path, '--out', tmp_path/'scores.csv')
+    r = sh('predict', '--run', trained, tmp_path)
+    assert r.returncode == 1 and '1 of 3 inputs could not be read' in r.stderr, r.stderr   # a failure is not a success
+    r = sh('predict', '--run', trained, tmp_path, '--out', tmp_path/'scores.csv', '--skip-bad')
     assert r.returncode == 0, r.stderr
     assert 'bad.jpg' in r.stderr and r.stdout.count('.png') == 2
     df = pd.read_csv(tmp_path/'scores.csv')
