@@ -62,6 +62,12 @@ def test_damaged_models_and_checkpoints(tmp_path):
     assert (t[t.through == 'load_detector'].exit == 'DflabError (exit 1)').all()
     assert list(t[t.exit == 'warning'].observed) == ['resumes from epoch-1'] * 2
 
+def test_features_eval_predict(tmp_path):
+    "Files changed after the build (features), one-class sets (eval), unreadable inputs and --out (predict)."
+    t = bi.pipeline_outcomes(tmp_path)
+    assert len(t) == 7 and not _bad(t)
+    assert set(t[t.through == 'eval'].observed.str.contains('no AUC')) == {True}
+
 # --- non-UTF-8 names through the CLI, every mode ------------------------------------------------------------------
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from .manifest import printable, read_manifest
 
 # %% auto #0
 __all__ = ['GOOD', 'write_image_corpus', 'dflab', 'image_outcomes', 'folder_outcomes', 'manifest_outcomes', 'config_outcomes',
-           'weights_outcomes', 'case_ok', 'run_corpus']
+           'weights_outcomes', 'pipeline_outcomes', 'case_ok', 'run_corpus']
 
 # %% ../../nbs/08_bad_inputs.ipynb #6fa4527e
 GOOD = [f'real/images/good_{i}.png' for i in range(4)] + [f'fake/gen-a/images/good_{i}.jpg' for i in range(4)]
@@ -309,7 +309,67 @@ def weights_outcomes(d) -> pd.DataFrame:
                     'DflabError (exit 1)', kind, msg, str(run) in msg, None))
     return pd.DataFrame(out)
 
-# %% ../../nbs/08_bad_inputs.ipynb #1233ffa1
+# %% ../../nbs/08_bad_inputs.ipynb #2f9cb648
+def _tiny_run(d:Path) -> Path:
+    "A run directory as `dflab train` leaves it (config, best/ with a threshold), with an untrained linear probe."
+    import torch, yaml
+    from dflab.core import RunConfig, to_dict
+    from dflab.detectors import create_detector, save_detector
+    from dflab.train import ModelConfig, TrainRunConfig
+    run = d/'run'; run.mkdir(parents=True, exist_ok=True)
+    cfg = TrainRunConfig(run=RunConfig(name='run'), model=ModelConfig(detector='linear-probe'))
+    (run/'config.yaml').write_text(yaml.safe_dump(to_dict(cfg)))
+    torch.manual_seed(0)
+    save_detector(create_detector('linear-probe', in_dim=64), run/'best',
+                  extra={'threshold': 0.5, 'backbone': 'openclip:dflab-tiny', 'layer': 'final', 'epoch': 1})
+    return run
+
+def pipeline_outcomes(d) -> pd.DataFrame:
+    "Changed files through `dflab features`, one-class sets through `dflab eval`, bad inputs through `dflab predict`."
+    from dflab.data.manifest import new_manifest, write_manifest
+    from dflab.features.cache import file_sha256
+    d = Path(d); d.mkdir(parents=True, exist_ok=True); out = []
+    for i in range(4): _noise(seed=700 + i).save(_at(d, f'ds/{i}.png'))
+    rows = [{'path': f'{i}.png', 'label': i % 2, 'sha256': file_sha256(d/f'ds/{i}.png')} for i in range(4)]
+    m = write_manifest(new_manifest(rows, d/'ds'), d/'m.parquet')
+    feats = ('features', '--manifest', m, '--cache', d/'cache', '--num-workers', 0, '--no-progress')
+    dflab(*feats)
+    (d/'ds/1.png').unlink(); _noise(seed=710).save(d/'ds/2.png')      # deleted, and replaced, after the build
+    r = dflab(*feats)
+    msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''
+    for case, name, reason in (('file deleted after the build', '1.png', 'missing'),
+                               ('file replaced after the build', '2.png', 'changed')):
+        out.append(_row(case, name, 'features', reason, 1, r.returncode, msg, f'{name} ({reason}' in msg, None))
+    r = dflab(*feats, '--skip-bad')
+    rej = pd.read_csv(d/'m.features-rejected.csv') if r.returncode == 0 else pd.DataFrame(columns=['path', 'reason'])
+    out.append(_row('deleted and replaced files, --skip-bad', '1.png, 2.png', 'features --skip-bad', 'missing;changed',
+                    0, r.returncode, ';'.join(rej.reason), set(rej.path) == {'1.png', '2.png'},
+                    r.stdout.startswith('2 images')))
+    run = _tiny_run(d)
+    for cls, lab in (('real', 0), ('fake', 1)):
+        one = new_manifest([x for x in rows if x['label'] == lab and x['path'] not in ('1.png', '2.png')] +
+                           [{'path': f'{cls}{j}.png', 'label': lab} for j in range(2)], d/'ds')
+        for j in range(2): _noise(seed=720 + 2 * lab + j).save(d/f'ds/{cls}{j}.png')
+        r = dflab('eval', '--run', run, '--manifest', write_manifest(one, d/f'{cls}.parquet'), '--n-boot', 0)
+        out.append(_row(f'{cls}-only manifest', f'{cls}.parquet', 'eval', 'no AUC', 0, r.returncode,
+                        r.stdout.strip().split(': ', 1)[-1] or r.stderr.strip(), f'{cls} images only' in r.stdout,
+                        (run/f'eval-{cls}-all'/'report.md').is_file()))
+    imgs = d/'mine'; imgs.mkdir()
+    for i in range(2): _noise(seed=730 + i).save(imgs/f'ok{i}.png')
+    (imgs/'broken.png').write_bytes(b'\x89PNG not really')
+    r = dflab('predict', '--run', run, imgs)
+    out.append(_row('unreadable input among good ones', 'broken.png', 'predict', '1 of 3 inputs could not be read', 1,
+                    r.returncode, r.stderr.strip().splitlines()[-1], 'broken.png' in r.stderr,
+                    len(r.stdout.splitlines()) == 2))
+    (d/'a-file').write_text('')
+    r = dflab('predict', '--run', run, imgs, '--skip-bad', '--out', d/'a-file/scores.csv')
+    spare = list((run/'predictions').glob('scores-*.csv'))
+    out.append(_row('unwritable --out', 'a-file/scores.csv', 'predict --skip-bad --out', 'cannot write --out', 1,
+                    r.returncode, r.stderr.strip().splitlines()[-1], 'a-file/scores.csv' in r.stderr,
+                    len(r.stdout.splitlines()) == 2 and len(spare) == 1))
+    return pd.DataFrame(out)
+
+# %% ../../nbs/08_bad_inputs.ipynb #51a3b6dd
 def case_ok(r) -> bool:
     "Expected exit, expected outcome in what was observed, the file or key named, no good row lost."
     return r.exit == r.want_exit and r.expect in r.observed and r.named and r.good_rows_kept is not False
@@ -320,7 +380,7 @@ def run_corpus(d=None) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as t:
         d = Path(d or t)
         parts = [image_outcomes(d/'images'), folder_outcomes(d/'folders'), manifest_outcomes(d/'manifests'),
-                 config_outcomes(d/'configs'), weights_outcomes(d/'weights')]
+                 config_outcomes(d/'configs'), weights_outcomes(d/'weights'), pipeline_outcomes(d/'pipeline')]
         out = pd.concat(parts, ignore_index=True)
         out['observed'] = out.observed.str.replace(str(d), '<dir>', regex=False)
     out['ok'] = [case_ok(r) for r in out.itertuples()]
