@@ -226,7 +226,8 @@ class Trainer:
         path = [None]
         if self.main:
             if resume is not None:
-                rp = Path(resume) if Path(resume).is_dir() else Path(cfg.run.out_dir or runs_dir())/str(resume)
+                rp = Path(resume)     # a path (also one that does not exist), or a bare name under the runs directory
+                if not rp.is_dir() and len(rp.parts) == 1: rp = Path(cfg.run.out_dir or runs_dir())/str(resume)
                 self.run = create_run(rp.name, parent=rp.parent, resume=True)
             else: self.run = create_run(cfg.run.name, parent=cfg.run.out_dir, config=cfg)
             path = [str(self.run.path)]

@@ -3,7 +3,7 @@
 Each case asserts its exit code or error, that the message (or the report it points to) names the file or the
 config key, and that every good row survives. Also here: non-UTF-8 names through `dflab data build` in every
 mode, the config bounds, damaged saved models and checkpoints, and the network guard of conftest.py."""
-import json, logging, re, shutil, socket, subprocess, sys
+import json, logging, os, re, shutil, socket, subprocess, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd
@@ -201,3 +201,23 @@ def test_sockets_beyond_this_machine_are_blocked(tmp_path):
     u = socket.socket(socket.AF_UNIX); u.bind(str(tmp_path/'s')); u.listen(1)   # and unix sockets
     with socket.socket(socket.AF_UNIX) as c: c.connect(str(tmp_path/'s'))
     u.close()
+
+def test_resume_names_the_path_given(tmp_path):
+    "`--resume runs/nope` says `runs/nope`, not the runs directory joined to it again."
+    env = {**os.environ, 'DFLAB_RUNS': str(tmp_path/'runs')}
+    cli = 'import sys; from dflab.cli import main; sys.exit(main(sys.argv[1:]))'
+    r = subprocess.run([sys.executable, '-c', cli, 'train', '--config', 'linear-probe', '--resume', 'runs/nope'],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 1 and 'no run directory runs/nope' in r.stderr and 'runs/runs' not in r.stderr, r.stderr
+
+def test_a_pickled_checkpoint_cannot_run_code(tmp_path):
+    "A foreign .pt checkpoint is read with torch.load(weights_only=True): a pickle that would run code is refused."
+    import pickle
+    marker = tmp_path/'pwned'
+    class Evil:
+        def __reduce__(self): return (open, (str(marker), 'w'))
+    (tmp_path/'evil.pt').write_bytes(pickle.dumps({'state_dict': Evil()}))
+    from dflab.core import DflabError
+    from dflab.backbones import load_backbone
+    with pytest.raises(Exception): load_backbone(f'openclip:dflab-tiny@{tmp_path/"evil.pt"}')
+    assert not marker.exists()
