@@ -16,7 +16,8 @@ from .data.manifest import is_image_name, printable
 from .data.protocols import Perturb, parse_perturbations
 from .detectors import Detector, load_detector, read_detector_meta
 from .report import write_csv, write_evaluation
-from .train import (DataConfig, ModelConfig, OptimConfig, TrainRunConfig, image_dataset,
+from .data.datasets import image_dataset
+from .train import (DataConfig, ModelConfig, OptimConfig, TrainRunConfig,
                          load_manifest, make_splits, train)
 
 _log = get_logger('dflab.evaluate')

@@ -18,7 +18,7 @@ from .core import (DflabError, ConfigError, RunConfig, Run, at_least, atomic_wri
                         load_config, offline_mode, pick_device, pick_dtype, runs_dir, seed_everything, set_threads,
                         setup_logging, to_dict)
 from .data import protocols
-from .data.datasets import ForensicDataset
+from .data.datasets import FeatureBatches, FeatureSet, ForensicDataset, image_dataset
 from .checkpoints import latest_checkpoint, load_checkpoint, optimizer_from_flat, optimizer_to_flat, write_dir
 from .detectors import Detector, create_detector, load_detector, read_detector_meta, save_detector
 from .metrics import choose_threshold, rank_metrics
@@ -26,8 +26,8 @@ from .report import write_csv, write_evaluation, write_json
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'SPLITS', 'DataConfig', 'ModelConfig', 'OptimConfig', 'TrainRunConfig', 'load_manifest', 'split_column',
-           'make_splits', 'FeatureSet', 'FeatureBatches', 'image_dataset', 'manifest_digest', 'Trainer', 'train',
-           'configs_dir', 'list_configs', 'config_path', 'train_main']
+           'make_splits', 'manifest_digest', 'Trainer', 'train', 'configs_dir', 'list_configs', 'config_path',
+           'train_main']
 
 # %% ../nbs/13_train.ipynb #4ff0cfcd
 @dataclass
@@ -144,37 +144,7 @@ def make_splits(df:pd.DataFrame, cfg:DataConfig) -> dict[str, np.ndarray]:
             raise DflabError(f"the {k} split has {len(idx)} images and {what}; it needs both reals and fakes")
     return out
 
-# %% ../nbs/13_train.ipynb #7cdf0149
-class FeatureSet(Dataset):
-    "Rows `indices` of a feature matrix, yielding {'features', 'label', 'index'} (index = manifest row)."
-    def __init__(self, feats:torch.Tensor, labels, indices):
-        self.feats, self.labels, self.indices = feats, np.asarray(labels), np.asarray(indices)
-    def __len__(self): return len(self.indices)
-    def __getitem__(self, i):
-        p = int(self.indices[i]); return {'features': self.feats[p], 'label': int(self.labels[p]), 'index': p}
-
-# %% ../nbs/13_train.ipynb #456ef4b1
-class FeatureBatches:
-    "Batches of a FeatureSet cut straight from its tensors in a sampler's order: no per-sample calls, no collate."
-    def __init__(self, ds:FeatureSet, sampler, batch_size:int, drop_last:bool=False):
-        self.ds, self.sampler, self.bs, self.drop_last = ds, sampler, batch_size, drop_last
-        self.labels = torch.as_tensor(ds.labels)
-    def __len__(self):
-        n = len(self.sampler)
-        return n // self.bs if self.drop_last else -(-n // self.bs)
-    def __iter__(self):
-        rows = torch.as_tensor(self.ds.indices[np.fromiter(iter(self.sampler), dtype=np.int64)])
-        for i in range(len(self)):
-            r = rows[i * self.bs:(i + 1) * self.bs]
-            yield {'features': self.ds.feats[r], 'label': self.labels[r], 'index': r}
-
-
-# %% ../nbs/13_train.ipynb #8bfdbfe8
-def image_dataset(manifest:pd.DataFrame, indices, transform, perturb=None) -> Subset:
-    "Rows `indices` of a manifest as preprocessed images {'image', 'label', 'index'} (index = manifest row)."
-    ds = ForensicDataset(manifest, transform=transform, mode='image', perturb=perturb)
-    return Subset(ds, list(map(int, indices)))
-
+# %% ../nbs/13_train.ipynb #845398a0
 def _inputs(batch:dict) -> torch.Tensor:
     "What a detector takes from a batch: cached features, or images."
     return batch['features'] if 'features' in batch else batch['image']

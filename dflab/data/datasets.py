@@ -11,13 +11,14 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..core import DflabError
 from .manifest import MAX_IMAGE_PIXELS, check_manifest, manifest_root, printable, resolve_paths, to_rgb
 
 # %% auto #0
-__all__ = ['QUESTION', 'MODES', 'load_image', 'format_answer', 'build_conversation', 'parse_answer', 'ForensicDataset', 'collate']
+__all__ = ['QUESTION', 'MODES', 'load_image', 'format_answer', 'build_conversation', 'parse_answer', 'ForensicDataset', 'collate',
+           'FeatureSet', 'FeatureBatches', 'image_dataset']
 
 # %% ../../nbs/06_data.datasets.ipynb #e8c911d2
 def load_image(path, # image file
@@ -145,3 +146,34 @@ def collate(batch:list[dict]) -> dict:
         elif isinstance(v[0], (bool, int, float, np.integer)): out[k] = torch.tensor(v)
         else: out[k] = v
     return out
+
+# %% ../../nbs/06_data.datasets.ipynb #7cdf0149
+class FeatureSet(Dataset):
+    "Rows `indices` of a feature matrix, yielding {'features', 'label', 'index'} (index = manifest row)."
+    def __init__(self, feats:torch.Tensor, labels, indices):
+        self.feats, self.labels, self.indices = feats, np.asarray(labels), np.asarray(indices)
+    def __len__(self): return len(self.indices)
+    def __getitem__(self, i):
+        p = int(self.indices[i]); return {'features': self.feats[p], 'label': int(self.labels[p]), 'index': p}
+
+# %% ../../nbs/06_data.datasets.ipynb #456ef4b1
+class FeatureBatches:
+    "Batches of a FeatureSet cut straight from its tensors in a sampler's order: no per-sample calls, no collate."
+    def __init__(self, ds:FeatureSet, sampler, batch_size:int, drop_last:bool=False):
+        self.ds, self.sampler, self.bs, self.drop_last = ds, sampler, batch_size, drop_last
+        self.labels = torch.as_tensor(ds.labels)
+    def __len__(self):
+        n = len(self.sampler)
+        return n // self.bs if self.drop_last else -(-n // self.bs)
+    def __iter__(self):
+        rows = torch.as_tensor(self.ds.indices[np.fromiter(iter(self.sampler), dtype=np.int64)])
+        for i in range(len(self)):
+            r = rows[i * self.bs:(i + 1) * self.bs]
+            yield {'features': self.ds.feats[r], 'label': self.labels[r], 'index': r}
+
+
+# %% ../../nbs/06_data.datasets.ipynb #fa6681e6
+def image_dataset(manifest:pd.DataFrame, indices, transform, perturb=None) -> Subset:
+    "Rows `indices` of a manifest as preprocessed images {'image', 'label', 'index'} (index = manifest row)."
+    ds = ForensicDataset(manifest, transform=transform, mode='image', perturb=perturb)
+    return Subset(ds, list(map(int, indices)))
