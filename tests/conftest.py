@@ -84,6 +84,15 @@ def offline_proved():
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow_cells: a notebook with #| slow cells (run them with DFLAB_TEST_FLAGS=slow)')
 
+@pytest.fixture(scope='session')
+def tiny_bench():
+    "The embedded tiny benchmark's manifest and the tiny backbone, built and loaded once per session (read-only)."
+    import torch
+    torch.set_num_threads(1)
+    from dflab.backbones import load_backbone
+    from dflab.synth import benchmark_manifest
+    return benchmark_manifest('tiny'), load_backbone('openclip:dflab-tiny')
+
 @pytest.fixture
 def root() -> Path: return ROOT
 

@@ -44,14 +44,10 @@ def _kill_at(p:subprocess.Popen, seconds:float) -> bool:
 def _shards(cache) -> list[Path]: return sorted(Path(cache).rglob('shard-*.safetensors'))
 
 @pytest.fixture(scope='module')
-def tiny():
+def tiny(tiny_bench):
     "The tiny benchmark, the tiny backbone and its clean (uncached, full precision) features."
-    torch.set_num_threads(1)
-    from dflab.synth import benchmark_manifest
-    from dflab.backbones import load_backbone
     from dflab.features import extract
-    df = benchmark_manifest('tiny')
-    bb = load_backbone('openclip:dflab-tiny')
+    df, bb = tiny_bench
     clean = extract(df, bb, LAYERS, cache=False, num_workers=0, progress=False)
     return df, bb, clean
 

@@ -13,13 +13,9 @@ from dflab.metrics import THRESHOLD_CRITERIA, choose_threshold
 from dflab.train import DataConfig, ModelConfig, OptimConfig, TrainRunConfig, make_splits, train
 
 @pytest.fixture(scope='module')
-def world():
+def world(tiny_bench):
     "The tiny benchmark, the tiny backbone, and features that carry a known, learnable real/fake signal."
-    torch.set_num_threads(1)
-    from dflab.backbones import load_backbone
-    from dflab.synth import benchmark_manifest
-    manifest = benchmark_manifest('tiny')
-    bb = load_backbone('openclip:dflab-tiny')
+    manifest, bb = tiny_bench
     g = torch.Generator().manual_seed(0)
     y = torch.tensor(manifest.label.to_numpy(), dtype=torch.float32)
     direction = torch.randn(bb.embed_dim, generator=g)
