@@ -17,11 +17,11 @@ from .core import DflabError, atomic_write, cache_dir, get_logger
 
 # %% auto #0
 __all__ = ['PHOTOS', 'GENERATORS', 'GENERATOR_NAMES', 'FAMILIES', 'COLOURS', 'TEXTURES', 'SHAPES', 'POSITIONS', 'STYLES',
-           'GRAMMAR', 'VERSION', 'DEFAULT_SIZE', 'SCALES', 'KINDS', 'ENCODING', 'load_photo', 'Crop', 'render_crop',
-           'sample_crop', 'Generator', 'get_generator', 'tconv_kernel', 'colour_matrix', 'decoder_tile',
-           'apply_generator', 'Thing', 'Scene', 'sample_thing', 'sample_scene', 'thing_alpha', 'texture_field', 'paint',
-           'render_scene', 'sample_mask', 'inpaint', 'thing_for_mask', 'real_crop_for', 'build', 'tree_digest',
-           'get_benchmark', 'main', 'benchmark_manifest']
+           'GRAMMAR', 'VERSION', 'DEFAULT_SIZE', 'SCALES', 'KINDS', 'CONTENT', 'REAL_KINDS', 'ENCODING', 'load_photo',
+           'Crop', 'render_crop', 'sample_crop', 'Generator', 'get_generator', 'tconv_kernel', 'colour_matrix',
+           'decoder_tile', 'apply_generator', 'Thing', 'Scene', 'sample_thing', 'sample_scene', 'thing_alpha',
+           'texture_field', 'paint', 'render_scene', 'sample_mask', 'inpaint', 'place_object', 'thing_for_mask',
+           'real_crop_for', 'real_kinds', 'build', 'tree_digest', 'get_benchmark', 'main', 'benchmark_manifest']
 
 # %% ../nbs/05_synth.ipynb #c02bccea
 PHOTOS = {  # name -> how the prompt grammar names the scene (the "setting" slot)
@@ -154,8 +154,9 @@ def apply_generator(g:Generator, # the generator
                     img:np.ndarray, # content, uint8 RGB (size, size, 3)
                     rng:np.random.Generator # draws the residual noise
                    ) -> np.ndarray:
-    "Pass `img` through `g`'s pipeline; returns uint8 RGB of the same size."
+    "Pass `img` through `g`'s pipeline; returns uint8 RGB of the same size, exactly grey if `img` is."
     x = img.astype(np.float64) / 255
+    mono = bool((img == img[..., :1]).all())   # monochrome content (R = G = B) stays monochrome
     s, f = x.shape[0], g.factor
     if g.upsample != 'none':
         lo = x.reshape(s//f, f, s//f, f, 3).mean((1, 3))
@@ -169,6 +170,7 @@ def apply_generator(g:Generator, # the generator
     if g.noise:
         cov = (1-g.noise_corr)*np.eye(3) + g.noise_corr
         x = x + g.noise/255 * rng.standard_normal(x.shape) @ np.linalg.cholesky(cov).T
+    if mono: x = x.mean(2, keepdims=True).repeat(3, 2)   # keeps the traces' grey part
     return np.clip(np.rint(x*255), 0, 255).astype(np.uint8)
 
 # %% ../nbs/05_synth.ipynb #777a693b
@@ -181,7 +183,8 @@ POSITIONS = {'in the top left': (.28, .28), 'at the top': (.5, .28), 'in the top
              'on the left': (.28, .5), 'in the centre': (.5, .5), 'on the right': (.72, .5),
              'in the bottom left': (.28, .72), 'at the bottom': (.5, .72), 'in the bottom right': (.72, .72)}
 STYLES = {'plain': (1., (1., 1., 1.)), 'vivid': (1.3, (1., 1., 1.)), 'muted': (.7, (1., 1., 1.)),
-          'warm': (1., (1.07, 1., .92)), 'cool': (1., (.92, 1., 1.07))}   # (saturation, channel gains)
+          'warm': (1., (1.07, 1., .92)), 'cool': (1., (.92, 1., 1.07)),
+          'monochrome': (0., (1., 1., 1.))}   # (saturation, channel gains)
 GRAMMAR = {'template': 'a {style}photo of {object}[ and {object}], over {setting}',
            'object': '{colour} {texture} {shape} {position}', 'style': list(STYLES), 'colour': list(COLOURS),
            'texture': list(TEXTURES), 'shape': list(SHAPES), 'position': list(POSITIONS), 'setting': PHOTOS}
@@ -298,10 +301,16 @@ def sample_mask(rng:np.random.Generator, size:int, area=(.12, .45), ss:int=4) ->
         if area[0] <= m.mean() <= area[1]: return m
     raise DflabError("could not draw a mask in the requested area range")
 
+def _painted(real:np.ndarray, t:Thing) -> np.ndarray:
+    return np.clip(np.rint(paint(real.astype(np.float64)/255, t)*255), 0, 255).astype(np.uint8)
+
 def inpaint(g:Generator, real:np.ndarray, mask:np.ndarray, t:Thing, rng:np.random.Generator) -> np.ndarray:
     "Partial fake: `real` with the region `mask` replaced by `g`'s output of `real` with `t` painted in."
-    content = np.clip(np.rint(paint(real.astype(np.float64)/255, t)*255), 0, 255).astype(np.uint8)
-    return np.where(mask[..., None], apply_generator(g, content, rng), real)
+    return np.where(mask[..., None], apply_generator(g, _painted(real, t), rng), real)
+
+def place_object(real:np.ndarray, mask:np.ndarray, t:Thing) -> np.ndarray:
+    "Real 'object' image: `real` with `t` painted in inside `mask` -- a partial fake's content, without a generator."
+    return np.where(mask[..., None], _painted(real, t), real)
 
 def thing_for_mask(rng:np.random.Generator, mask:np.ndarray) -> Thing:
     "A grammar object centred on the mask, sized to it, its position phrase the nearest grammar position."
@@ -312,10 +321,12 @@ def thing_for_mask(rng:np.random.Generator, mask:np.ndarray) -> Thing:
     return replace(t, position=pos, centre=c, dx=0., dy=0., scale=float(np.clip(1.6*np.sqrt(mask.mean()), .2, .8)))
 
 # %% ../nbs/05_synth.ipynb #e614fe80
-VERSION = '2'          # bump whenever the bytes of a build change
+VERSION = '3'          # bump whenever the bytes of a build change
 DEFAULT_SIZE = 64      # suits CPU backbones; any multiple of 8 up to 172 uses all photographs
 SCALES = {'tiny': 20, 'small': 150, 'full': 1500}   # fakes per generator
-KINDS = {'t2i': .4, 'resynth': .35, 'partial': .25}
+KINDS = {'t2i': .4, 'resynth': .35, 'partial': .25}                 # kinds of fake
+CONTENT = {'t2i': 'scene', 'resynth': 'photo', 'partial': 'object'}  # the content kind of each kind of fake
+REAL_KINDS = {CONTENT[k]: v for k, v in KINDS.items()}              # kinds of real, at the same rates
 ENCODING = ("every image: size x size 8-bit RGB PNG, Pillow compress_level=6, no metadata, float pixels rounded "
             "half-to-even and clipped to uint8; masks: 8-bit L PNG, 0 outside, 255 inside")
 
@@ -323,8 +334,20 @@ def _rng(seed:int, folder:str, i:int) -> np.random.Generator:
     return np.random.default_rng([seed, _crc(folder), i])
 
 def real_crop_for(seed:int, i:int, size:int) -> Crop:
-    "The crop behind real image number `i` of a build with `seed`."
+    "The crop behind real 'photo' (or the background of real 'object') number `i` of a build with `seed`."
     return sample_crop(_rng(seed, 'real', i), size)
+
+@lru_cache(maxsize=16)
+def real_kinds(seed:int, n:int) -> tuple:
+    "The content kind ('scene', 'photo' or 'object') of each of the `n` real images of a build with `seed`."
+    per, k = n // len(GENERATORS), len(GENERATORS)     # the counts of all generators' fakes, rounded as `_kinds` does
+    a, b = k*round(per*KINDS['t2i']), k*round(per*KINDS['resynth'])
+    ks = ['scene']*a + ['photo']*b + ['object']*(n-a-b)
+    return tuple(ks[j] for j in np.random.default_rng([seed, _crc('real-kinds')]).permutation(n))
+
+@lru_cache(maxsize=16)
+def _photo_indices(seed:int, n:int) -> np.ndarray:
+    return np.array([i for i, k in enumerate(real_kinds(seed, n)) if k == 'photo'])
 
 def _kinds(seed:int, gen:str, n:int) -> list[str]:
     a, b = round(n*KINDS['t2i']), round(n*KINDS['resynth'])
@@ -335,28 +358,40 @@ def _kinds(seed:int, gen:str, n:int) -> list[str]:
 def _save_png(a:np.ndarray, path:Path):
     Image.fromarray(a).save(path, format='PNG', compress_level=6)
 
+def _make_real(rng, kind:str, size:int) -> tuple[np.ndarray, dict]:
+    "A real image of content `kind` through the camera path (no generator) and its record."
+    if kind == 'scene':
+        sc = sample_scene(rng, size)
+        return render_scene(sc, size), {'caption': sc.prompt, 'crop': asdict(sc.background)}
+    c = sample_crop(rng, size); img, rec = render_crop(c, size), {'crop': asdict(c)}
+    if kind == 'object':
+        m = sample_mask(rng, size); t = thing_for_mask(rng, m)
+        img = place_object(img, m, t); rec['caption'] = t.phrase
+    return img, rec
+
 def _make(task, seed:int, size:int, out:Path, n_real:int) -> dict:
     folder, i, kind = task
     rng, name = _rng(seed, folder, i), f'{i:06d}.png'
     if folder == 'real':
-        c = sample_crop(rng, size)
-        path = f'real/images/{name}'
-        _save_png(render_crop(c, size), out/path)
-        return {'path': path, 'kind': 'real', 'crop': asdict(c)}
-    g, rec = get_generator(folder), {'path': f'fake/{folder}/images/{name}', 'kind': kind}
+        img, rec = _make_real(rng, kind, size)
+        rec.update(path=f'real/images/{name}', kind='real', content=kind)
+        _save_png(img, out/rec['path'])
+        return rec
+    g, rec = get_generator(folder), {'path': f'fake/{folder}/images/{name}', 'kind': kind, 'content': CONTENT[kind]}
     if kind == 't2i':
         sc = sample_scene(rng, size)
         img = apply_generator(g, render_scene(sc, size), rng)
-        rec.update(prompt=sc.prompt, crop=asdict(sc.background))
+        rec.update(prompt=sc.prompt, caption=sc.prompt, crop=asdict(sc.background))
     else:
-        j = int(rng.integers(n_real))
+        photos = _photo_indices(seed, n_real)         # sources are real photographs, never scenes or objects
+        j = int(photos[rng.integers(len(photos))])
         real = render_crop(real_crop_for(seed, j, size), size)
         rec['source'] = f'real/images/{j:06d}.png'
         if kind == 'resynth': img = apply_generator(g, real, rng)
         else:
             m = sample_mask(rng, size); t = thing_for_mask(rng, m)
             img = inpaint(g, real, m, t, rng)
-            rec.update(prompt=t.phrase, mask=f'fake/{folder}/masks/{name}')
+            rec.update(prompt=t.phrase, caption=t.phrase, mask=f'fake/{folder}/masks/{name}')
             _save_png((m*255).astype(np.uint8), out/rec['mask'])
     _save_png(img, out/rec['path'])
     return rec
@@ -415,7 +450,7 @@ def build(out, # directory to create (must not exist or be empty)
     (out/'real'/'images').mkdir(parents=True, exist_ok=True)
     for g in gens:
         (out/'fake'/g/'images').mkdir(parents=True); (out/'fake'/g/'masks').mkdir()
-    tasks = [('real', i, 'real') for i in range(n_real)]
+    tasks = [('real', i, k) for i, k in enumerate(real_kinds(seed, n_real))]
     tasks += [(g, i, k) for g in gens for i, k in enumerate(_kinds(seed, g, per))]
     workers = workers or (1 if scale == 'tiny' else min(2, os.cpu_count() or 1))
     chunk = max(1, min(64, len(tasks) // (workers*8) or 1))
@@ -426,7 +461,8 @@ def build(out, # directory to create (must not exist or be empty)
                        if r['path'].startswith(f'fake/{g}/') and r.get('prompt'))
         (out/'fake'/g/'prompts.txt').write_text(''.join(l + '\n' for l in lines), encoding='utf-8')
     meta = {'name': 'dflab-synth', 'version': VERSION, 'scale': scale, 'seed': seed, 'size': size,
-            'encoding': ENCODING, 'kinds': KINDS, 'excluded': excluded,
+            'encoding': ENCODING, 'kinds': KINDS, 'real_kinds': REAL_KINDS, 'content': CONTENT,
+            'excluded': excluded,
             'families': {f: [g for g in v if g in gens] for f, v in FAMILIES.items() if set(v) & set(gens)},
             'generators': [asdict(get_generator(g)) for g in gens],
             'counts': {'real': n_real, 'fake': len(tasks) - n_real, **{g: per for g in gens}},
@@ -493,7 +529,7 @@ def benchmark_manifest(scale:str='tiny', # 'tiny', 'small' or 'full'
                        seed:int=0, # the benchmark's seed
                        size:int=DEFAULT_SIZE, # image side
                        ):
-    "The cached benchmark's validated manifest (dflip3k layout, with content groups), cached as Parquet beside it."
+    "The cached benchmark's validated manifest (dflip3k layout, content groups, `content` and `caption`), cached as Parquet."
     import pandas as pd
     from dflab.data.manifest import read_manifest, write_manifest
     from dflab.data.validate import build_dataset
@@ -501,12 +537,14 @@ def benchmark_manifest(scale:str='tiny', # 'tiny', 'small' or 'full'
     out = root.parent/f'{root.name}.parquet'
     if out.exists():
         df = read_manifest(out)
-        if df.attrs.get('root') == str(root.resolve()) and df['group'].notna().any(): return df
+        if df.attrs.get('root') == str(root.resolve()) and df['group'].notna().any() and 'caption' in df: return df
     meta = json.loads((root/'benchmark.json').read_text())
     fam = {g: f for f, gs in meta['families'].items() for g in gs}
     df = build_dataset('dflip3k', root.resolve(), out, validate_images=True, workers=1, family_map=fam)
     # content groups: a real image and the fakes re-synthesised or inpainted from it (text-to-image fakes stand alone)
     src = {p: r.get('source') for p, r in meta['images'].items()}
     df['group'] = pd.array([p if y == 0 else src.get(p) for p, y in zip(df.path, df.label)], dtype='string')
+    # beyond the schema: what each image shows, for both classes ('prompt' stays the fakes' generation prompt)
+    for c in ('content', 'caption'): df[c] = pd.array([meta['images'][p].get(c) for p in df.path], dtype='string')
     write_manifest(df, out)
     return df
