@@ -14,12 +14,13 @@ from scipy import ndimage
 from .core import DflabError
 
 # %% auto #0
-__all__ = ['load_arrays', 'residual', 'residual_spectrum', 'global_stats', 'shortcut_auc', 'baseline_features',
-           'baseline_classifier', 'baseline', 'baseline_manifest_features', 'fit_baseline']
+__all__ = ['CONTENT_CHECKS', 'load_arrays', 'residual', 'residual_spectrum', 'cv_auc', 'global_stats', 'shortcut_auc',
+           'exact_grey', 'thumbnail', 'edge_density', 'palette_blobs', 'colour_histogram', 'content_checks',
+           'baseline_features', 'baseline_classifier', 'baseline', 'baseline_manifest_features', 'fit_baseline']
 
 # %% ../nbs/05b_baseline.ipynb #039a12a1
 def load_arrays(root) -> dict:
-    "All images of a built benchmark as float arrays with labels, generators, families and kinds (sorted by path)."
+    "All images of a built benchmark as float arrays with labels, generators, families, kinds, content (sorted by path)."
     root = Path(root); meta = json.loads((root/'benchmark.json').read_text())
     paths = sorted(meta['images'])
     fam = {g: f for f, gs in meta['families'].items() for g in gs}
@@ -28,6 +29,7 @@ def load_arrays(root) -> dict:
             'label': (gen != 'real').astype(int), 'generator': gen,
             'family': np.array([fam.get(g, 'real') for g in gen]),
             'kind': np.array([meta['images'][p]['kind'] for p in paths]),
+            'content': np.array([meta['images'][p].get('content', '') for p in paths]),
             'file_size': np.array([(root/p).stat().st_size for p in paths])}
 
 # %% ../nbs/05b_baseline.ipynb #7647aee2
@@ -41,7 +43,23 @@ def residual_spectrum(x:np.ndarray) -> np.ndarray:
     F = np.abs(np.fft.rfft2(residual(x.astype(np.float64)), axes=(1, 2)))**2
     return np.log(F.mean(3) + 1e-3)
 
-# %% ../nbs/05b_baseline.ipynb #d2621192
+# %% ../nbs/05b_baseline.ipynb #dff22b78
+def cv_auc(X:np.ndarray, # features (N, F)
+           y, # binary labels (N,)
+           folds:int=5, seed:int=0) -> float:
+    "Cross-validated ROC AUC of a logistic regression on standardised `X` predicting `y`."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    with threadpool_limits(1):   # small problems: BLAS threads only contend
+        s = cross_val_predict(clf, np.asarray(X, np.float64), np.asarray(y), cv=cv, method='predict_proba')[:, 1]
+    return float(roc_auc_score(y, s))
+
 def global_stats(A:dict) -> np.ndarray:
     "Per-image shortcut features: per-channel mean and std, width, height, file size (N, 9)."
     x = A['images']; n, h, w = x.shape[:3]
@@ -49,25 +67,95 @@ def global_stats(A:dict) -> np.ndarray:
 
 def shortcut_auc(A:dict, folds:int=5, seed:int=0) -> float:
     "Cross-validated ROC AUC of a logistic regression on `global_stats` separating real from fake."
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    with threadpool_limits(1):
-        s = cross_val_predict(clf, global_stats(A), A['label'], cv=cv, method='predict_proba')[:, 1]
-    return float(roc_auc_score(A['label'], s))
+    return cv_auc(global_stats(A), A['label'], folds, seed)
+
+# %% ../nbs/05b_baseline.ipynb #157a52ea
+def _blur(x:np.ndarray, sigma:float) -> np.ndarray:
+    return ndimage.gaussian_filter(x.astype(np.float64), (0, sigma, sigma, 0), mode='mirror')
+
+def exact_grey(A:dict) -> np.ndarray:
+    "1 where an image is exactly grey (R = G = B at every pixel), else 0: (N, 1)."
+    x = A['images']
+    return (x == x[..., :1]).all((1, 2, 3)).astype(np.float64)[:, None]
+
+def thumbnail(A:dict, side:int=8, sigma:float=2.) -> np.ndarray:
+    "The image blurred (Gaussian `sigma`: no traces left) and area-averaged to `side` x `side` RGB (N, 3 side^2)."
+    b = _blur(A['images'], sigma); n, h, w, _ = b.shape
+    return b.reshape(n, side, h//side, side, w//side, 3).mean((2, 4)).reshape(n, -1)
+
+def edge_density(A:dict, sigma:float=2., thresholds=(1, 2, 4, 8)) -> np.ndarray:
+    "Gradient magnitude of the blurred luminance: mean, std and the fraction above each threshold (grey levels/px)."
+    lum = _blur(A['images'], sigma).mean(3)
+    gy, gx = np.gradient(lum, axis=(1, 2)); g = np.hypot(gx, gy)
+    return np.c_[g.mean((1, 2)), g.std((1, 2)), *[(g > t).mean((1, 2)) for t in thresholds]]
+
+def palette_blobs(A:dict, sigma:float=.7, tol:float=.05) -> np.ndarray:
+    "Object presence: per colour of the grammar's palette, the image share of its chromaticity's largest blob (N, 10)."
+    from dflab.synth import COLOURS
+    b = _blur(A['images'], sigma) + 1
+    ch = b[..., :2] / b.sum(3, keepdims=True)                       # chromaticity (r, g): free of shading
+    P = np.array([(np.array(c[:2]) + 1) / (sum(c) + 3) for c in COLOURS.values()])
+    out = np.zeros((len(ch), len(P)))
+    for i, c in enumerate(ch):
+        near = np.sqrt(((c[None] - P[:, None, None])**2).sum(-1)) < tol
+        for k, m in enumerate(near):
+            lab, n = ndimage.label(m)
+            if n: out[i, k] = np.bincount(lab.ravel())[1:].max() / m.size
+    return out
+
+def colour_histogram(A:dict, bins:int=4) -> np.ndarray:
+    "Coarse joint RGB histogram: the fraction of pixels in each of `bins`^3 colour cells, (N, bins^3)."
+    q = (A['images'].astype(np.int64) * bins) // 256
+    idx = ((q[..., 0]*bins + q[..., 1])*bins + q[..., 2]).reshape(len(q), -1)
+    return np.stack([np.bincount(i, minlength=bins**3) for i in idx]) / idx.shape[1]
+
+# %% ../nbs/05b_baseline.ipynb #d66979aa
+CONTENT_CHECKS = {  # name -> (features, what they can see, the one statistic summarised per class)
+    'exact grey': (exact_grey, 'content', 'share of exactly grey images'),
+    'thumbnail 8x8 (blur sigma 2)': (thumbnail, 'content', 'mean grey level'),
+    'edge density (blur sigma 2)': (edge_density, 'content', 'mean gradient, grey levels/px'),
+    'object presence (palette blobs)': (palette_blobs, 'content, and colour-mixing traces',
+                                        'share with a chromatic blob over 5% of the image'),
+    'colour histogram 4x4x4': (colour_histogram, 'content, and colour-mixing traces', 'occupied colour cells (of 64)'),
+    'global statistics': (global_stats, 'content, and noise traces (file size)', 'mean file size, bytes'),
+}
+
+def _summary(name:str, X:np.ndarray) -> np.ndarray:
+    if name.startswith('thumbnail'): return X.mean(1)
+    if name.startswith('object'):
+        from dflab.synth import COLOURS
+        return (X[:, [k for k, c in enumerate(COLOURS) if c not in ('white', 'black')]].max(1) > .05).astype(float)
+    if name.startswith('colour histogram'): return (X > 0).sum(1).astype(float)
+    return X[:, 0] if not name.startswith('global') else X[:, -1]
+
+def content_checks(A:dict, # from `load_arrays`
+                   folds:int=5, seed:int=0) -> 'pd.DataFrame':
+    "Per check: CV AUC of real vs fake, CV AUC of real photos vs real scenes and objects, one statistic per class."
+    import pandas as pd
+    y, c = np.asarray(A['label']), np.asarray(A['content'])
+    r = y == 0
+    rows = []
+    for name, (fn, sees, stat) in CONTENT_CHECKS.items():
+        X = fn(A); s = _summary(name, X)
+        rows.append({'check': name, 'features': X.shape[1], 'may see': sees, 'auc': cv_auc(X, y, folds, seed),
+                     'content_auc': cv_auc(X[r], c[r] != 'photo', folds, seed),
+                     'statistic': stat, 'real': float(s[r].mean()), 'fake': float(s[~r].mean())})
+    return pd.DataFrame(rows).set_index('check')
 
 # %% ../nbs/05b_baseline.ipynb #238e3399
+def _quadrant_spectra(x:np.ndarray) -> np.ndarray:
+    "Per frequency, the max and the min over the four quadrants' residual log-spectra: (N, 2 (H/2) (W/4+1))."
+    n, h, w = x.shape[:3]
+    S = np.stack([residual_spectrum(x[:, i:i+h//2, j:j+w//2]).reshape(n, -1) for i in (0, h//2) for j in (0, w//2)])
+    return np.c_[S.max(0), S.min(0)]
+
 def baseline_features(x:np.ndarray) -> np.ndarray:
-    "Residual log-spectrum (flattened) plus the residual's 3x3 channel covariance, for float images (N, H, W, 3)."
-    r = residual(x.astype(np.float64)).reshape(len(x), -1, 3)
+    "Residual log-spectrum, its quadrants' max and min, and the residual's 3x3 channel covariance (N, F)."
+    x = x.astype(np.float64)
+    r = residual(x).reshape(len(x), -1, 3)
     c = np.einsum('npc,npd->ncd', r, r) / r.shape[1]
     iu = np.triu_indices(3)
-    return np.c_[residual_spectrum(x).reshape(len(x), -1), c[:, iu[0], iu[1]]]
+    return np.c_[residual_spectrum(x).reshape(len(x), -1), _quadrant_spectra(x), c[:, iu[0], iu[1]]]
 
 def baseline_classifier(C:float=.05): # inverse regularisation of the logistic regression
     "The baseline's unfitted classifier: standardised features into an L2-regularised logistic regression."
@@ -86,13 +174,15 @@ def baseline(A:dict, # from `load_arrays`
 
 def _baseline(A, seed, C):
     from sklearn.metrics import roc_auc_score
+    from dflab.synth import CONTENT, KINDS
     X, y, g, fam, kind = baseline_features(A['images']), A['label'], A['generator'], A['family'], A['kind']
+    content = A.get('content', np.full(len(y), ''))
     tr = np.random.default_rng(seed).random(len(y)) < .5; te = ~tr
     lr = lambda: baseline_classifier(C)
     det = lr().fit(X[tr], y[tr]); s = det.predict_proba(X)[:, 1]
     out = {'auc': float(roc_auc_score(y[te], s[te]))}
-    for k in KINDS:
-        m = te & ((kind == k) | (y == 0))
+    for k in KINDS:   # each kind of fake against the reals of the same content (all reals if none is recorded)
+        m = te & ((kind == k) | ((y == 0) & ((content == CONTENT[k]) | (content == ''))))
         if len(set(y[m])) == 2: out[f'auc_{k}'] = float(roc_auc_score(y[m], s[m]))
     f = y == 1
     ide = lr().fit(X[tr & f], g[tr & f]); pred = ide.predict(X[te & f]); true = g[te & f]

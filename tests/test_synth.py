@@ -63,3 +63,21 @@ def test_pool_needs_no_importable_main(tmp_path, how):
     out = Path(r.stdout.strip())
     assert out == tmp_path/'cache'/'synth'/f'{VERSION}-tiny-7-32px' and (out/'benchmark.json').is_file()
     assert len(list(out.rglob('*.png'))) == 450   # 400 images and 50 masks
+
+def test_content_checks_on_tiny():
+    "The content-shortcut table runs on tiny: one row per check, AUCs in [0, 1], the grey rates as counted by hand."
+    import numpy as np
+    from dflab.baseline import CONTENT_CHECKS, content_checks, load_arrays
+    from dflab.synth import get_benchmark
+    A = load_arrays(get_benchmark('tiny'))
+    t = content_checks(A)
+    assert list(t.index) == list(CONTENT_CHECKS)
+    assert list(t.columns) == ['features', 'may see', 'auc', 'content_auc', 'statistic', 'real', 'fake']
+    assert t.auc.between(0, 1).all() and t.content_auc.between(0, 1).all() and (t.features > 0).all()
+    x, y = A['images'], A['label']
+    grey = (x == x[..., :1]).all((1, 2, 3))
+    assert 0 < grey[y == 1].mean() and 0 < grey[y == 0].mean()          # greyness is content in both classes
+    assert np.isclose(t.loc['exact grey', 'real'], grey[y == 0].mean())
+    assert np.isclose(t.loc['exact grey', 'fake'], grey[y == 1].mean())
+    assert t.auc.max() <= .7, t.auc                                     # tiny: 400 images, a loose bound
+    assert t.content_auc.max() > .7, t.content_auc                      # the same features do see content
