@@ -14,9 +14,9 @@ ENV = {**os.environ, 'DFLAB_THREADS': '1', 'OMP_NUM_THREADS': '1', 'MPLBACKEND':
 
 @pytest.mark.skipif(ACCELERATE is None, reason='accelerate is not installed')
 def test_two_processes_gather_each_sample_once(tmp_path):
-    # odd split sizes (99 test, 59 val) so DistributedSampler must pad one shard with a repeated sample
+    # odd split sizes (89 test, 81 val) so DistributedSampler must pad one shard with a repeated sample
     cfg = {'run': {'name': 'ddp', 'out_dir': str(tmp_path), 'threads': 1, 'device': 'cpu'},
-           'data': {'benchmark': 'tiny', 'test_fraction': 0.25, 'val_fraction': 0.15},
+           'data': {'benchmark': 'tiny', 'test_fraction': 0.2, 'val_fraction': 0.18},
            'model': {'detector': 'prompt-adapter'},
            'train': {'epochs': 2, 'lr': 3e-3, 'batch_size': 16, 'eval_batch_size': 8, 'n_boot': 0, 'plots': False, 'progress': False}}
     (tmp_path/'c.yaml').write_text(yaml.safe_dump(cfg))
