@@ -32,7 +32,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['dflab', 'dflab.*']) + ['dflab.experiment_templates'],
     package_dir={'dflab.experiment_templates': 'nbs/experiments'},
     include_package_data=True,
-    package_data={'dflab': ['assets/*', 'assets/**/*', 'configs/*', 'configs/**/*'],
+    package_data={'dflab': ['assets/*', 'assets/**/*', 'configs/*', 'configs/**/*', 'weights/*'],
                   'dflab.experiment_templates': ['*.ipynb', '*.yaml']},
     install_requires=reqs('requirements'),
     extras_require={'dev': reqs('dev_requirements'), 'lab': reqs('lab_requirements')},

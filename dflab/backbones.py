@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_backbones.ipynb #afc7703d
 from __future__ import annotations
-import difflib, fnmatch, hashlib, json, logging, os, re, sys, time
+import difflib, fnmatch, hashlib, importlib.util, json, logging, os, re, sys, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,18 +27,20 @@ def _open_clip():
     return open_clip
 
 # %% auto #0
-__all__ = ['TINY_CONFIGS', 'DEFAULT_BACKBONE', 'FAMILIES', 'register_tiny_configs', 'BackboneFamily', 'register_backbone_family',
-           'list_backbone_families', 'parse_name', 'Backbone', 'OpenClipBackbone', 'HFClipBackbone', 'load_backbone',
-           'list_backbones']
+__all__ = ['TINY_CONFIGS', 'DEFAULT_BACKBONE', 'SHIPPED_WEIGHTS', 'FAMILIES', 'shipped_weights', 'register_tiny_configs',
+           'BackboneFamily', 'register_backbone_family', 'list_backbone_families', 'parse_name', 'Backbone',
+           'OpenClipBackbone', 'HFClipBackbone', 'load_backbone', 'list_backbones']
 
 # %% ../nbs/10_backbones.ipynb #6ba4d097
 _TEXT = {'context_length': 77, 'vocab_size': 49408}
 TINY_CONFIGS = {
-    # 64 px, 16 patches of 16 px, 4 blocks: the embedded default; a forward pass takes about a millisecond per image
+    # 64 px, 64 patches of 8 px (a patch embedding that keeps the pixel-level traces), 4 blocks: the embedded default
+    # (its text tower reads 32 tokens: dflab's pretraining captions name the processing first)
     'dflab-tiny': {'embed_dim': 64,
-                   'vision_cfg': {'image_size': 64, 'patch_size': 16, 'width': 64, 'layers': 4, 'head_width': 32,
+                   'vision_cfg': {'image_size': 64, 'patch_size': 8, 'width': 64, 'layers': 4, 'head_width': 32,
                                   'mlp_ratio': 2.0},
-                   'text_cfg': {**_TEXT, 'width': 64, 'heads': 2, 'layers': 2, 'mlp_ratio': 2.0}},
+                   'text_cfg': {**_TEXT, 'context_length': 32, 'width': 64, 'heads': 2, 'layers': 2,
+                                'mlp_ratio': 2.0}},
     # 224 px, 7x7 patches of 32 px like ViT-B/32 (same preprocessing and token grid), 6 narrow blocks
     'dflab-small': {'embed_dim': 128,
                     'vision_cfg': {'image_size': 224, 'patch_size': 32, 'width': 192, 'layers': 6, 'head_width': 64,
@@ -46,6 +48,17 @@ TINY_CONFIGS = {
                     'text_cfg': {**_TEXT, 'width': 128, 'heads': 2, 'layers': 3, 'mlp_ratio': 2.0}},
 }
 DEFAULT_BACKBONE = 'openclip:dflab-tiny'
+SHIPPED_WEIGHTS = {'dflab-tiny': 'weights/dflab-tiny.safetensors'}   # arch -> weights inside the package
+
+def shipped_weights(arch:str) -> Path|None:
+    "The weights file dflab ships for `arch` (loaded when no weights are named), or None."
+    rel = SHIPPED_WEIGHTS.get(arch)
+    if rel is None: return None
+    p = Path(importlib.util.find_spec('dflab').origin).parent/rel
+    if not p.is_file():
+        raise DflabError(f"dflab's shipped weights for {arch} are missing ({p}); reinstall dflab, or use "
+                         f"openclip:{arch}@random for a random initialisation")
+    return p
 
 def register_tiny_configs() -> list[str]:
     "Register dflab's tiny open_clip configs with `open_clip.add_model_config` (idempotent); returns their names."
@@ -285,14 +298,14 @@ def _random_on_purpose(arch:str):
 
 _SAID_RANDOM: set[str] = set()
 
-def _say_random(arch:str):
+def _say_random(arch:str, on_purpose:bool=False):
     "Tell, once per process and architecture, that `openclip:arch` has random weights."
     if arch in _SAID_RANDOM: return
     _SAID_RANDOM.add(arch)
-    if arch in TINY_CONFIGS:
-        _log.info(f"openclip:{arch} has random weights (the offline default): seeded, so its features and fingerprint "
-                  f"repeat exactly, but they carry no pretrained knowledge; name weights for that: openclip:ARCH@TAG "
-                  f"or openclip:ARCH@/path/to/weights")
+    if arch in TINY_CONFIGS or on_purpose:
+        _log.info(f"openclip:{arch} has random weights (as asked): seeded, so its features and fingerprint "
+                  f"repeat exactly, but they carry no pretrained knowledge"
+                  + (f"; openclip:{arch} loads dflab's pretrained weights" if arch in SHIPPED_WEIGHTS else ''))
     else:
         tags = _open_clip().list_pretrained_tags_by_model(arch)
         _log.warning(f"openclip:{arch} has random weights because no weights were named; its features carry no "
@@ -316,7 +329,7 @@ def _openclip_names(pretrained:bool=False) -> list[str]:
 # %% ../nbs/10_backbones.ipynb #a1d4185c
 @register_backbone_family('openclip', parse=_parse_openclip, names=_openclip_names)
 def _load_openclip(arch:str, weights:str|None, device, dtype, name:str) -> OpenClipBackbone:
-    "open_clip: ARCH[@TAG|@FILE] (random weights without one), local-dir:DIR, and dflab's tiny configs."
+    "open_clip: ARCH[@TAG|@FILE|@random], local-dir:DIR, and dflab's tiny configs (shipped weights by default)."
     register_tiny_configs()
     create = lambda **kw: _open_clip().create_model_and_transforms(arch, device='cpu', **kw)
     if arch.startswith('local-dir:'):
@@ -332,9 +345,15 @@ def _load_openclip(arch:str, weights:str|None, device, dtype, name:str) -> OpenC
                              + (f"; did you mean {', '.join(close)}?" if close else '')
                              + " (list_backbones() shows them all)")
         tags = _open_clip().list_pretrained_tags_by_model(arch)
-        if weights is None:
+        if weights in (None, 'dflab') and arch in SHIPPED_WEIGHTS:   # dflab's own pretrained weights
+            p = shipped_weights(arch)
+            try: model, _, pre = create(pretrained=str(p))
+            except Exception as e: raise DflabError(f"{name}: the shipped weights {p} do not load: {_first_lines(e)}") from None
+            weights = 'dflab'
+        elif weights is None or weights == 'random':
             with _random_on_purpose(arch): model, _, pre = _seeded(lambda: create(pretrained=None))
-            _say_random(arch)
+            _say_random(arch, on_purpose=weights == 'random')
+            weights = None
         elif _looks_like_path(weights) or Path(weights).expanduser().exists():
             p = Path(weights).expanduser()
             if not p.is_file(): raise DflabError(f"{name}: weights file not found: {p}")

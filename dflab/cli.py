@@ -25,6 +25,9 @@ COMMANDS = {
     'run':      ('dflab.experiments:run_main', 'run an experiment notebook with papermill'),
     'sweep':    ('dflab.experiments:sweep_main', 'run an experiment over a parameter grid'),
     'collect':  ('dflab.experiments:collect_main', 'gather parameters and metrics of many runs into one table'),
+    'pretrain': {
+        'clip':     ('dflab.pretrain:pretrain_main', "pretrain the tiny offline CLIP (the package's default weights)"),
+    },
     'bench': {
         'features': ('dflab.features.extract:bench_main', 'benchmark feature extraction and the cache'),
         'train':    ('dflab.evaluate:bench_main', 'benchmark cached-feature training against recomputing'),

@@ -22,7 +22,7 @@ def test_tiny_load_prints_no_open_clip_warning(cache):
 def test_random_weights_said_once_in_dflab_words(cache):
     code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
             "from dflab.backbones import load_backbone\n"
-            "for n in ['openclip:dflab-tiny', 'openclip:dflab-tiny', 'openclip:ViT-B-32', 'openclip:ViT-B-32']:\n"
+            "for n in ['openclip:dflab-tiny@random', 'openclip:dflab-tiny@random', 'openclip:ViT-B-32', 'openclip:ViT-B-32']:\n"
             "    load_backbone(n)\n"
             "logging.getLogger('open_clip').warning('No pretrained weights loaded: other records still pass')\n")
     r = run_py(code, cache)
@@ -31,7 +31,7 @@ def test_random_weights_said_once_in_dflab_words(cache):
     assert not [l for l in lines if "No pretrained weights loaded for model" in l], r.stderr
     tiny = [l for l in lines if 'openclip:dflab-tiny has random weights' in l]
     b32 = [l for l in lines if 'openclip:ViT-B-32 has random weights' in l]
-    assert len(tiny) == 1 and tiny[0].startswith('INFO:dflab.backbones:') and 'offline default' in tiny[0], r.stderr
+    assert len(tiny) == 1 and tiny[0].startswith('INFO:dflab.backbones:') and 'as asked' in tiny[0], r.stderr
     assert len(b32) == 1 and b32[0].startswith('WARNING:dflab.backbones:') and 'ViT-B-32@TAG' in b32[0], r.stderr
     assert 'other records still pass' in r.stderr            # the filter drops one record, not open_clip's logging
 
@@ -85,3 +85,33 @@ def test_feature_cache_follows_weight_changes(cache, tmp_path):
     d = extract(df, bb, **kw)
     assert d.stats['hits'] == 12 and d.stats['key'] == a.stats['key']
     torch.testing.assert_close(d['final'], a['final'], rtol=2e-3, atol=2e-3)
+
+def test_default_tiny_is_the_shipped_pretrained_model(cache):
+    "openclip:dflab-tiny loads the package's pretrained weights (recorded sha256), @random the seeded initialisation."
+    import hashlib, json
+    from dflab.backbones import load_backbone, shipped_weights
+    p = shipped_weights('dflab-tiny')
+    rec = json.loads(p.with_suffix('.json').read_text())
+    assert rec['sha256'] == hashlib.sha256(p.read_bytes()).hexdigest() and p.stat().st_size < 15e6
+    a, r = load_backbone('openclip:dflab-tiny'), load_backbone('openclip:dflab-tiny@random')
+    assert a.weights == 'dflab' and r.weights is None and a.fingerprint != r.fingerprint
+    assert load_backbone('openclip:dflab-tiny@dflab').fingerprint == a.fingerprint
+
+def test_shipped_tiny_clip_reads_processing(cache):
+    "On corpus contents it never trained on, the pretrained text tower tells an original from its processed twin."
+    import numpy as np
+    from dflab.backbones import load_backbone
+    from dflab.pretrain import _to_tensor, corpus_pair
+    torch.set_num_threads(1)
+    bb = load_backbone('openclip:dflab-tiny')
+    pairs = [corpus_pair(7, 10**6 + i) for i in range(400)]
+    pairs = [p for p in pairs if p[0]['ops'] == [] and p[1]['ops']][:40]     # an original and a processed twin
+    assert len(pairs) >= 30
+    imgs = np.stack([v['image'] for p in pairs for v in p])
+    with torch.no_grad():
+        f = torch.nn.functional.normalize(bb.encode_image(_to_tensor(imgs, bb.model)), dim=-1)
+        t = torch.nn.functional.normalize(bb.encode_text([v['caption'] for p in pairs for v in p]), dim=-1)
+    s = (f @ t.T).reshape(len(pairs), 2, len(pairs), 2)
+    i = torch.arange(len(pairs))
+    right = s[i, 0, i, 0] + s[i, 1, i, 1] > s[i, 0, i, 1] + s[i, 1, i, 0]     # each image nearer its own caption
+    assert right.float().mean() > .8, right.float().mean()
