@@ -12,14 +12,14 @@ from ..core import DflabError, read_yaml
 from .base import Detector, register_detector
 
 # %% auto #0
-__all__ = ['DEFAULT_PROMPTS', 'load_prompts', 'text_embeddings', 'PromptAdapter']
+__all__ = ['DEFAULT_PROMPTS', 'load_prompts', 'text_embeddings', 'zero_shot_scores', 'PromptAdapter']
 
 # %% ../../nbs/12c_detectors.prompts.ipynb #6b6bd894
-DEFAULT_PROMPTS = {
-    'real': ['a genuine photograph', 'a real photo of a person', 'a real human face', 'an authentic unedited photo',
-             'a photo taken with a camera'],
-    'fake': ['a digitally manipulated face', 'a synthetic face', 'an AI-generated image',
-             'a fake image made by a generative model', 'a computer-generated picture'],
+DEFAULT_PROMPTS = {   # what a camera gives vs. what a generator's decoder does to pixels, plus the plain words for it
+    'real': ['camera original', 'a photo, camera original', 'an authentic unedited photo taken with a camera'],
+    'fake': ['upsampled 2x with bilinear interpolation', 'upsampled 2x with nearest interpolation', 'lightly sharpened',
+             'slightly blurred', 'with faint noise in colour', 'colour mixed', 'median denoised',
+             'an AI-generated image made by a generative model'],
 }
 
 # %% ../../nbs/12c_detectors.prompts.ipynb #7db66a8f
@@ -39,6 +39,24 @@ def text_embeddings(backbone, prompts:dict) -> torch.Tensor:
     "Normalised text embeddings (n_real + n_fake, D) of the prompt sets, real first."
     with torch.no_grad(): t = backbone.encode_text(prompts['real'] + prompts['fake']).float()
     return F.normalize(t, dim=-1)
+
+# %% ../../nbs/12c_detectors.prompts.ipynb #a2c6392b
+def zero_shot_scores(features:torch.Tensor, # (N, D) image embeddings of the backbone that encoded the prompts
+                     backbone=None, # encodes the prompts; or give text_embeds
+                     prompts=None, # prompt sets (None: DEFAULT_PROMPTS)
+                     text_embeds:torch.Tensor|None=None, # (n_real + n_fake, D), real first
+                    ) -> torch.Tensor:
+    "Fake scores (N,) without training: mean cosine similarity to the fake prompts minus to the real ones."
+    prompts = load_prompts(prompts)
+    if text_embeds is None:
+        if backbone is None: raise DflabError("zero-shot scoring needs a backbone (to encode its prompts) or text_embeds")
+        text_embeds = text_embeddings(backbone, prompts)
+    n_real = len(prompts['real'])
+    if features.shape[-1] != text_embeds.shape[-1]:
+        raise DflabError(f"features have width {features.shape[-1]} but the prompt embeddings {text_embeds.shape[-1]}: "
+                         "zero-shot needs the backbone's final (joint-space) embedding")
+    s = F.normalize(features.float(), dim=-1) @ F.normalize(text_embeds.float(), dim=-1).T
+    return s[:, n_real:].mean(1) - s[:, :n_real].mean(1)
 
 # %% ../../nbs/12c_detectors.prompts.ipynb #b1ae2398
 @register_detector('prompt-adapter')
