@@ -303,7 +303,8 @@ def _say_random(arch:str, on_purpose:bool=False):
     if arch in _SAID_RANDOM: return
     _SAID_RANDOM.add(arch)
     if arch in TINY_CONFIGS or on_purpose:
-        _log.info(f"openclip:{arch} has random weights (as asked): seeded, so its features and fingerprint "
+        _log.info(f"openclip:{arch} has random weights ({'as asked' if on_purpose else 'dflab ships none for it'}): "
+                  f"seeded, so its features and fingerprint "
                   f"repeat exactly, but they carry no pretrained knowledge"
                   + (f"; openclip:{arch} loads dflab's pretrained weights" if arch in SHIPPED_WEIGHTS else ''))
     else:

@@ -167,18 +167,18 @@ class PretrainConfig:
         if 2*self.contents < self.batch_size:
             raise DflabError(f"{self.contents} contents make {2*self.contents} pairs, fewer than one batch of {self.batch_size}")
         if not 0 < self.lr < 1: raise DflabError(f"lr must be in (0, 1), got {self.lr}")
+        if not 0 <= self.content_words <= 1: raise DflabError(f"content_words must be in [0, 1], got {self.content_words}")
+        for k in ('heldout', 'warmup', 'threads', 'workers'):
+            if getattr(self, k) < 0: raise DflabError(f"{k} must not be negative, got {getattr(self, k)}")
         return self
 
 # %% ../nbs/10a_pretrain.ipynb #daf6aba6
 def create_tiny_clip(arch:str='dflab-tiny', seed:int=0):
     "A freshly initialised open_clip model of a dflab tiny config, and its tokenizer."
-    import torch
-    from dflab.backbones import register_tiny_configs, _open_clip, _random_on_purpose
+    from dflab.backbones import register_tiny_configs, _open_clip, _random_on_purpose, _seeded
     register_tiny_configs()
     oc = _open_clip()
-    with torch.random.fork_rng(devices=[]), _random_on_purpose(arch):
-        torch.manual_seed(seed)
-        model = oc.create_model(arch, pretrained=None, device='cpu')
+    with _random_on_purpose(arch): model = _seeded(lambda: oc.create_model(arch, pretrained=None, device='cpu'), seed)
     return model, oc.get_tokenizer(arch)
 
 def _to_tensor(images:np.ndarray, model):
@@ -196,7 +196,8 @@ def retrieval(model, tokenizer, images:np.ndarray, captions:list[str], ks=(1, 5)
         I = F.normalize(torch.cat([model.encode_image(_to_tensor(images[i:i+512], model)) for i in range(0, len(images), 512)]), dim=-1)
         T = F.normalize(torch.cat([model.encode_text(tokenizer(captions[i:i+512])) for i in range(0, len(captions), 512)]), dim=-1)
     S = I @ T.T
-    same = torch.tensor([[a == b for b in captions] for a in captions])
+    ids = torch.as_tensor(np.unique(captions, return_inverse=True)[1])
+    same = ids[:, None] == ids[None, :]
     out = {}
     for k in ks:
         out[f'image->text R@{k}'] = float(same.gather(1, S.topk(k, 1).indices).any(1).float().mean())
@@ -305,8 +306,12 @@ def pretrain_main(argv:list[str]|None=None) -> int:
     a = p.parse_args(argv)
     cfg = PretrainConfig(arch=a.arch, contents=a.contents, heldout=a.heldout, epochs=a.epochs, batch_size=a.batch_size,
                          lr=a.lr, seed=a.seed, threads=a.threads, content_words=a.content_words).checked()
-    out = Path(a.out) if a.out else (WEIGHTS_DIR/f'{cfg.arch}.safetensors' if a.ship else
-                                      cache_dir()/'pretrained'/f'{cfg.arch}-{cfg.seed}.safetensors')
+    from dflab.backbones import SHIPPED_WEIGHTS
+    if a.ship and a.out: raise DflabError("give --ship or --out, not both")
+    if a.ship and cfg.arch not in SHIPPED_WEIGHTS:
+        raise DflabError(f"dflab ships weights only for {', '.join(SHIPPED_WEIGHTS)}; use --out for {cfg.arch}")
+    out = (WEIGHTS_DIR.parent/SHIPPED_WEIGHTS[cfg.arch] if a.ship else
+           Path(a.out) if a.out else cache_dir()/'pretrained'/f'{cfg.arch}-{cfg.seed}.safetensors')
     if out.suffix != '.safetensors': raise DflabError(f"--out must end in .safetensors, got {out}")
     model, _, rec = pretrain_clip(cfg, log=lambda s: print(s, flush=True))
     save_pretrained(model, out, rec)

@@ -22,7 +22,8 @@ def test_tiny_load_prints_no_open_clip_warning(cache):
 def test_random_weights_said_once_in_dflab_words(cache):
     code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
             "from dflab.backbones import load_backbone\n"
-            "for n in ['openclip:dflab-tiny@random', 'openclip:dflab-tiny@random', 'openclip:ViT-B-32', 'openclip:ViT-B-32']:\n"
+            "for n in ['openclip:dflab-tiny@random', 'openclip:dflab-tiny@random', 'openclip:dflab-small', 'openclip:ViT-B-32',\n"
+            "          'openclip:ViT-B-32']:\n"
             "    load_backbone(n)\n"
             "logging.getLogger('open_clip').warning('No pretrained weights loaded: other records still pass')\n")
     r = run_py(code, cache)
@@ -33,6 +34,8 @@ def test_random_weights_said_once_in_dflab_words(cache):
     b32 = [l for l in lines if 'openclip:ViT-B-32 has random weights' in l]
     assert len(tiny) == 1 and tiny[0].startswith('INFO:dflab.backbones:') and 'as asked' in tiny[0], r.stderr
     assert len(b32) == 1 and b32[0].startswith('WARNING:dflab.backbones:') and 'ViT-B-32@TAG' in b32[0], r.stderr
+    small = [l for l in lines if 'openclip:dflab-small has random weights' in l]
+    assert len(small) == 1 and 'dflab ships none for it' in small[0] and small[0].startswith('INFO:'), r.stderr
     assert 'other records still pass' in r.stderr            # the filter drops one record, not open_clip's logging
 
 def test_fingerprint_follows_the_weights(cache):

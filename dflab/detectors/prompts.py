@@ -12,7 +12,7 @@ from ..core import DflabError, read_yaml
 from .base import Detector, register_detector
 
 # %% auto #0
-__all__ = ['DEFAULT_PROMPTS', 'load_prompts', 'text_embeddings', 'zero_shot_scores', 'PromptAdapter']
+__all__ = ['DEFAULT_PROMPTS', 'load_prompts', 'text_embeddings', 'prompt_similarities', 'zero_shot_scores', 'PromptAdapter']
 
 # %% ../../nbs/12c_detectors.prompts.ipynb #6b6bd894
 DEFAULT_PROMPTS = {   # what a camera gives vs. what a generator's decoder does to pixels, plus the plain words for it
@@ -41,6 +41,11 @@ def text_embeddings(backbone, prompts:dict) -> torch.Tensor:
     return F.normalize(t, dim=-1)
 
 # %% ../../nbs/12c_detectors.prompts.ipynb #a2c6392b
+def prompt_similarities(features:torch.Tensor, text_embeds:torch.Tensor, n_real:int) -> tuple[torch.Tensor, torch.Tensor]:
+    "Mean cosine similarity (N,) of each image embedding to the real prompts and to the fake prompts (real first)."
+    s = F.normalize(features.float(), dim=-1) @ F.normalize(text_embeds.float(), dim=-1).T
+    return s[:, :n_real].mean(1), s[:, n_real:].mean(1)
+
 def zero_shot_scores(features:torch.Tensor, # (N, D) image embeddings of the backbone that encoded the prompts
                      backbone=None, # encodes the prompts; or give text_embeds
                      prompts=None, # prompt sets (None: DEFAULT_PROMPTS)
@@ -51,12 +56,11 @@ def zero_shot_scores(features:torch.Tensor, # (N, D) image embeddings of the bac
     if text_embeds is None:
         if backbone is None: raise DflabError("zero-shot scoring needs a backbone (to encode its prompts) or text_embeds")
         text_embeds = text_embeddings(backbone, prompts)
-    n_real = len(prompts['real'])
     if features.shape[-1] != text_embeds.shape[-1]:
         raise DflabError(f"features have width {features.shape[-1]} but the prompt embeddings {text_embeds.shape[-1]}: "
                          "zero-shot needs the backbone's final (joint-space) embedding")
-    s = F.normalize(features.float(), dim=-1) @ F.normalize(text_embeds.float(), dim=-1).T
-    return s[:, n_real:].mean(1) - s[:, :n_real].mean(1)
+    real, fake = prompt_similarities(features, text_embeds, len(prompts['real']))
+    return fake - real
 
 # %% ../../nbs/12c_detectors.prompts.ipynb #b1ae2398
 @register_detector('prompt-adapter')
@@ -94,8 +98,8 @@ class PromptAdapter(Detector):
 
     def text_features(self, feats):
         "Steps 2-3 on the raw embedding: (mean real similarity, mean fake similarity, fake - real), scaled."
-        sims = self.sim_scale * F.normalize(feats, dim=-1) @ self.text.T            # step 2: cosine, (B, n_real + n_fake)
-        real, fake = sims[:, :self.n_real].mean(1), sims[:, self.n_real:].mean(1)   # step 3
+        real, fake = prompt_similarities(feats, self.text, self.n_real)               # steps 2-3: cosine, set means
+        real, fake = self.sim_scale * real, self.sim_scale * fake
         return torch.stack([real, fake, fake - real], 1)
 
     def head(self, feats):
