@@ -22,6 +22,7 @@ COMMANDS = {
     'train':    ('dflab.train:train_main', 'train a detector from a config'),
     'eval':     ('dflab.evaluate:eval_main', 'evaluate a trained run on a manifest'),
     'predict':  ('dflab.evaluate:predict_main', 'score your own images with a trained run'),
+    'explain':  ('dflab.explain.cams:explain_main', 'heat maps of why a trained run calls images fake'),
     'run':      ('dflab.experiments:run_main', 'run an experiment notebook with papermill'),
     'sweep':    ('dflab.experiments:sweep_main', 'run an experiment over a parameter grid'),
     'collect':  ('dflab.experiments:collect_main', 'gather parameters and metrics of many runs into one table'),
@@ -31,6 +32,7 @@ COMMANDS = {
     'bench': {
         'features': ('dflab.features.extract:bench_main', 'benchmark feature extraction and the cache'),
         'train':    ('dflab.evaluate:bench_main', 'benchmark cached-feature training against recomputing'),
+        'explain':  ('dflab.explain.cams:bench_main', 'benchmark GradCAM on 100 images, ScoreCAM per image beside it'),
     },
 }
 
