@@ -27,9 +27,9 @@ def _open_clip():
     return open_clip
 
 # %% auto #0
-__all__ = ['TINY_CONFIGS', 'DEFAULT_BACKBONE', 'SHIPPED_WEIGHTS', 'FAMILIES', 'shipped_weights', 'register_tiny_configs',
-           'BackboneFamily', 'register_backbone_family', 'list_backbone_families', 'parse_name', 'Backbone',
-           'OpenClipBackbone', 'HFClipBackbone', 'load_backbone', 'list_backbones']
+__all__ = ['TINY_CONFIGS', 'DEFAULT_BACKBONE', 'SHIPPED_WEIGHTS', 'FAMILIES', 'FAMILY_MODULES', 'shipped_weights',
+           'register_tiny_configs', 'BackboneFamily', 'register_backbone_family', 'list_backbone_families',
+           'parse_name', 'Backbone', 'OpenClipBackbone', 'HFClipBackbone', 'load_backbone', 'list_backbones']
 
 # %% ../nbs/10_backbones.ipynb #6ba4d097
 _TEXT = {'context_length': 77, 'vocab_size': 49408}
@@ -83,6 +83,8 @@ class BackboneFamily:
     doc: str = ''                  # one line for the family table; default: the loader's docstring
 
 FAMILIES: dict[str, BackboneFamily] = {}   # the registry, in registration order
+FAMILY_MODULES = {'languagebind': 'dflab.backbones_seeds',   # families whose module registers them when a name
+                  'llava-clip': 'dflab.backbones_seeds'}    # first asks for them (they import transformers)
 _FAMILY_RE = re.compile(r'^[a-z][a-z0-9_.-]*$')
 
 def _qualname(fn) -> str: return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
@@ -119,15 +121,16 @@ def _split_weights(rest:str) -> tuple[str, str|None]:
 
 def parse_name(name:str) -> tuple[str, str, str|None]:
     "Split 'family:arch[@weights]' into (family, arch, weights or None), as the family splits it."
-    known = ', '.join(FAMILIES) or 'none registered'
+    known = ', '.join(dict.fromkeys([*FAMILIES, *FAMILY_MODULES])) or 'none registered'
     if not isinstance(name, str) or ':' not in name:
         raise DflabError(f"backbone name {name!r} must look like family:arch[@weights], e.g. {DEFAULT_BACKBONE} or "
                          f"openclip:ViT-B-32@openai; families: {known}")
     family, rest = name.split(':', 1)
     family = family.strip().lower()
+    if family not in FAMILIES and family in FAMILY_MODULES: importlib.import_module(FAMILY_MODULES[family])
     fam = FAMILIES.get(family)
     if fam is None:
-        close = difflib.get_close_matches(family, list(FAMILIES), n=1)
+        close = difflib.get_close_matches(family, [*FAMILIES, *FAMILY_MODULES], n=1)
         raise DflabError(f"unknown backbone family '{family}' in {name!r}; choose from: {known}"
                          + (f" (did you mean '{close[0]}'?)" if close else ''))
     if not rest: raise DflabError(f"backbone name {name!r} names no architecture")
