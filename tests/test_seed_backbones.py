@@ -182,3 +182,30 @@ def test_cli_hub_id_offline_says_how_to_pass_a_folder(tmp_path):
         r = _run('features', '--manifest', m, '--backbone', name, '--cache', tmp_path/'c')
         assert r.returncode == 1, r.stdout + r.stderr
         assert 'dflab is offline' in r.stderr and hint in r.stderr and 'Traceback' not in r.stderr, r.stderr
+
+def test_languagebind_seed_end_to_end(tiny, tmp_path):
+    "The seed's command in dflab terms: a category tree, split by category, the shipped config on languagebind:DIR."
+    import pandas as pd
+    from dflab.synth import benchmark_manifest
+    df = benchmark_manifest('tiny')
+    names = {'scene': 'car', 'photo': 'cat', 'object': 'chair'}          # LSUN category folders, as in ProGAN's tree
+    for r in df.itertuples():
+        d = tmp_path/'tree'/names[r.content]/('1_fake' if r.label else '0_real')
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(df.attrs['root'])/r.path, d/r.path.replace('/', '_'))
+    lb = tiny['languagebind'].save_pretrained(tmp_path/'lb')
+    assert _run('data', 'build', '--layout', 'forensynths', '--root', tmp_path/'tree', '--out', tmp_path/'ufd.parquet').returncode == 0
+    r = _run('data', 'split', '--manifest', tmp_path/'ufd.parquet', '--protocol', 'category', '--train', 'car,cat',
+             '--val-size', '0.2', '--out', tmp_path/'split.parquet')
+    assert r.returncode == 0, r.stderr
+    r = _run('train', '--config', 'languagebind-mlp-head', f"data.manifest={tmp_path/'split.parquet'}",
+             f'model.backbone=languagebind:{lb}', 'train.epochs=2', 'train.batch_size=64', 'train.n_boot=0',
+             'train.plots=false', 'train.tensorboard=false', 'train.progress=false', f'run.out_dir={tmp_path/"runs"}')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'acc@0.5' in r.stdout and ' AP ' in r.stdout, r.stdout
+    run = tmp_path/'runs'/'languagebind-mlp-head'
+    assert {p.name for p in (run/'checkpoints').iterdir()} == {'epoch-1', 'epoch-2'} and (run/'best').is_dir()
+    m = json.loads((run/'test_metrics.json').read_text())
+    assert {'acc', 'ap', 'auc'} <= set(m), sorted(m)
+    preds = pd.read_csv(run/'test_predictions.csv')
+    assert set(preds.category) == {'chair'}                               # the held-out category only
