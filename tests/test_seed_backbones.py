@@ -14,7 +14,6 @@ from dflab.backbones_seeds import (CLIP_MEAN, CLIP_STD, languagebind_transform, 
                                    map_languagebind_keys, seed_param_counts)
 
 FIX = Path(__file__).parent/'fixtures'/'seed_backbones'
-DFLAB = shutil.which('dflab', path=str(Path(sys.executable).parent)) or shutil.which('dflab')
 MU, SD = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
 
 @pytest.fixture(scope='module', autouse=True)
@@ -154,8 +153,11 @@ def test_param_counts_of_the_real_architectures():
 # --- the command line ---
 
 def _run(*args):
-    env = {**os.environ, 'DFLAB_THREADS': '1'}
-    return subprocess.run([DFLAB, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    "`dflab *args` in this process (tests/test_cli.py covers the console script itself)."
+    from types import SimpleNamespace
+    from dflab.cli import run_cli
+    rc, out, err = run_cli(*args)
+    return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
 
 @pytest.mark.parametrize('family,layers,shapes', [
     ('languagebind', ['final', 'patch:-2'], ['final      (12, 64)', 'patch:2    (12, 64, 64)']),
