@@ -20,7 +20,7 @@ from .core import (DflabError, ConfigError, RunConfig, Run, at_least, atomic_wri
 from .data import protocols
 from .data.datasets import FeatureBatches, FeatureSet, ForensicDataset, image_dataset
 from .checkpoints import latest_checkpoint, load_checkpoint, optimizer_from_flat, optimizer_to_flat, write_dir
-from .detectors import Detector, create_detector, load_detector, read_detector_meta, save_detector
+from .detectors import Detector, create_detector, detector_class, load_detector, read_detector_meta, save_detector
 from .metrics import choose_threshold, rank_metrics
 from .report import write_csv, write_evaluation, write_json
 
@@ -233,9 +233,12 @@ class Trainer:
         from dflab.features import LazyBackbone
         if m.cached and not isinstance(backbone, LazyBackbone) and hasattr(backbone, 'fingerprint'):
             backbone = LazyBackbone.wrap(backbone)    # a loaded backbone: its text embeddings are cached too
+        opts = dict(m.options)
+        if m.cached:    # what the detector reads beside the backbone's features (a fusion head: LaRE maps, packed)
+            features, opts = detector_class(m.detector).cached_inputs(self.manifest, features, backbone.embed_dim, opts)
         self.backbone, self.features = backbone, features
         torch.manual_seed(cfg.run.seed)   # the head's initialisation must not depend on what loading or extraction drew
-        self.detector = create_detector(m.detector, in_dim=backbone.embed_dim, backbone=backbone, **m.options)
+        self.detector = create_detector(m.detector, in_dim=backbone.embed_dim, backbone=backbone, **opts)
         if not m.cached: self.detector.attach(backbone, trainable=m.finetune_backbone)
 
 # %% ../nbs/13_train.ipynb #16f5d6ad

@@ -47,6 +47,11 @@ class Detector(nn.Module):
         "Rebuild from a saved config and its weights (before the weights are loaded)."
         return cls(**cfg)
 
+    @classmethod
+    def cached_inputs(cls, manifest, features:torch.Tensor, in_dim:int, options:dict) -> tuple[torch.Tensor, dict]:
+        "(features, options) the Trainer trains on from a manifest's cached (N, in_dim) features; the default: as given."
+        return features, options
+
     def prep(self, feats:torch.Tensor) -> torch.Tensor:
         "The features normalised as configured (`norm`)."
         if self.norm == 'l2': return F.normalize(feats, dim=-1)
