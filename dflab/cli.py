@@ -33,6 +33,7 @@ COMMANDS = {
         'features': ('dflab.features.extract:bench_main', 'benchmark feature extraction and the cache'),
         'train':    ('dflab.evaluate:bench_main', 'benchmark cached-feature training against recomputing'),
         'explain':  ('dflab.explain.cams:bench_main', 'benchmark GradCAM on 100 images, ScoreCAM per image beside it'),
+        'prompts':  ('dflab.detectors.coop:bench_main', 'benchmark a CoOp training step against CoCoOp (batched, per image)'),
     },
 }
 
