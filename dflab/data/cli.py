@@ -41,7 +41,7 @@ def _number(kind:type, bound:Bound):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='dflab data', description='Build, validate, split and inspect dataset manifests.')
-    sub = p.add_subparsers(dest='cmd', required=True, metavar='{build,split,info}')
+    sub = p.add_subparsers(dest='cmd', required=True, metavar='{build,split,info,faces}')
     b = sub.add_parser('build', help='read a dataset layout into a manifest (Parquet)')
     b.add_argument('--layout', required=True, help='dflip3k, class-folders, forensynths, genimage, df40, ffpp-h5, csv or json')
     b.add_argument('--root', required=True, help='dataset root (csv/json: the table file or its folder; ffpp-h5: the .h5 folder)')
@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--seed', type=_number(int, at_least(0)), default=0)
     i = sub.add_parser('info', help='summarise a manifest')
     i.add_argument('--manifest', required=True)
+    sub.add_parser('faces', help='crop the faces of images and videos into a face dataset (dflab data faces --help)')
     return p
 
 # %% ../../nbs/07_data.cli.ipynb #df51b638
@@ -130,5 +131,9 @@ def _info(a) -> int:
 
 def main(argv:list[str]|None=None) -> int:
     "Entry point of `dflab data`."
+    argv = sys.argv[1:] if argv is None else list(map(str, argv))
+    if argv[:1] == ['faces']:          # its own options; imported only when asked for
+        from dflab.faces.video import faces_main
+        return faces_main(argv[1:])
     a = _parser().parse_args(argv)
     return {'build': _build, 'split': _split, 'info': _info}[a.cmd](a)
