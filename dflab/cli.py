@@ -22,10 +22,15 @@ COMMANDS = {
     'train':    ('dflab.train:train_main', 'train a detector from a config'),
     'eval':     ('dflab.evaluate:eval_main', 'evaluate a trained run on a manifest'),
     'predict':  ('dflab.evaluate:predict_main', 'score your own images with a trained run'),
+    'infer':    ('dflab.qwen.profiler:infer_main', 'profile images with a trained Qwen2.5-VL Profiler'),
     'explain':  ('dflab.explain.cams:explain_main', 'heat maps of why a trained run calls images fake'),
     'run':      ('dflab.experiments:run_main', 'run an experiment notebook with papermill'),
     'sweep':    ('dflab.experiments:sweep_main', 'run an experiment over a parameter grid'),
     'collect':  ('dflab.experiments:collect_main', 'gather parameters and metrics of many runs into one table'),
+    'profile': {
+        'train':    ('dflab.qwen.profiler:profile_train_main', 'train the Qwen2.5-VL Stage 1 Profiler'),
+        'eval':     ('dflab.qwen.profiler:profile_eval_main', 'evaluate a Profiler run on its test split again'),
+    },
     'pretrain': {
         'clip':     ('dflab.pretrain:pretrain_main', "pretrain the tiny offline CLIP (the package's default weights)"),
     },
@@ -33,6 +38,7 @@ COMMANDS = {
         'features': ('dflab.features.extract:bench_main', 'benchmark feature extraction and the cache'),
         'train':    ('dflab.evaluate:bench_main', 'benchmark cached-feature training against recomputing'),
         'explain':  ('dflab.explain.cams:bench_main', 'benchmark GradCAM on 100 images, ScoreCAM per image beside it'),
+        'profiler': ('dflab.qwen.profiler:bench_main', 'time Profiler training steps (tiny on CPU, 3B/7B on GPU)'),
         'prompts':  ('dflab.detectors.coop:bench_main', 'benchmark a CoOp training step against CoCoOp (batched, per image)'),
     },
 }

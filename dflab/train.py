@@ -513,6 +513,18 @@ def config_path(name:str) -> Path:
     if shipped.is_file(): return shipped
     raise DflabError(f"config file not found: {name} (shipped configs: {', '.join(list_configs())})")
 
+_TASKS = {'profiler': 'dflab.qwen.profiler:profile_train_main'}   # a config's `task:` -> the command that trains it
+
+def _task_command(path):
+    "The command training a config whose `task:` is not 'detector' (this Trainer's), or None."
+    from dflab.core import read_yaml
+    import importlib
+    task = read_yaml(path).get('task', 'detector')
+    if task == 'detector': return None
+    if task not in _TASKS: raise ConfigError(f"unknown task '{task}' in {path}; use detector or {', '.join(_TASKS)}")
+    mod, fn = _TASKS[task].split(':')
+    return getattr(importlib.import_module(mod), fn)
+
 # %% ../nbs/13_train.ipynb #460929b7
 def train_main(argv=None):
     "dflab train --config FILE [key=value ...] [--mode train|test|both] [--resume RUN]"
@@ -527,6 +539,8 @@ def train_main(argv=None):
     p.add_argument('--resume', help='continue (or, with --mode test, evaluate) this run: a directory or a name '
                    'under the runs directory')
     a = p.parse_args(argv)
+    other = _task_command(config_path(a.config))      # e.g. `task: profiler`: another module trains it
+    if other is not None: return other(argv, prog='dflab train')
     cfg = load_config(TrainRunConfig, config_path(a.config), overrides=a.overrides)
     run, m = train(cfg, mode=a.mode, resume=a.resume)
     if m is not None:
