@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                    help='other layout options, e.g. images_key=frames (ffpp-h5), generator=progan (forensynths)')
     s = sub.add_parser('split', help='split a manifest by a protocol')
     s.add_argument('--manifest', required=True)
-    s.add_argument('--protocol', required=True, help='random, cross-generator, logo, cross-manipulation, cross-dataset, category or video')
+    s.add_argument('--protocol', required=True, help='random, cross-generator, logo, cross-manipulation, cross-dataset, category, video, ffpp or df40')
     s.add_argument('--out', required=True, help='.parquet: the manifest with its split column; .csv: a split file (path, split)')
     s.add_argument('--train', help='comma-separated generators / sources / categories to train on')
     s.add_argument('--test', help='comma-separated generators / sources / categories to test on (default: all others)')

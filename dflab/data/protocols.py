@@ -18,9 +18,10 @@ from .manifest import as_manifest, check_manifest
 # %% auto #0
 __all__ = ['PROTOCOLS', 'PERTURBATIONS', 'hash_uniform', 'group_ids', 'keep_groups', 'split_random', 'split_cross_generator',
            'holdout_generators', 'split_leave_one_out', 'leave_one_out_folds', 'split_cross_manipulation',
-           'split_by_column', 'split_cross_dataset', 'split_by_category', 'split_by_video', 'make_split', 'apply_split',
-           'write_split_file', 'read_split_file', 'join_split', 'synthetic_manifest', 'bench_splits', 'JPEG', 'Blur',
-           'Downscale', 'Crop', 'Noise', 'Perturb', 'parse_perturbations']
+           'split_by_column', 'split_cross_dataset', 'split_by_category', 'split_by_video', 'face_groups',
+           'split_faces', 'split_df40', 'make_split', 'apply_split', 'write_split_file', 'read_split_file',
+           'join_split', 'synthetic_manifest', 'bench_splits', 'JPEG', 'Blur', 'Downscale', 'Crop', 'Noise', 'Perturb',
+           'parse_perturbations']
 
 # %% ../../nbs/04_data.protocols.ipynb #dad453ea
 def hash_uniform(values, seed:int=0) -> np.ndarray:
@@ -191,10 +192,67 @@ def split_by_video(df:pd.DataFrame, test:float=0.2, val:float=0.0, seed:int=0, s
     lab = _assign(_groups(per, cols), hash_uniform(per.index, seed), test, val)
     return _series(df, pd.Series(lab, index=per.index).reindex(vid.to_numpy()).to_numpy())
 
+# %% ../../nbs/04_data.protocols.ipynb #d6f5f961
+_FF_ID = re.compile(r'^(\d+)(?:_(\d+))?$')
+
+def face_groups(df:pd.DataFrame) -> pd.Series:
+    "FF++ content groups from video names: a fake `T_S` joins the real videos `T` and `S` and every fake made from either."
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    if 'video' not in df.columns or df.video.isna().all():
+        raise DflabError("face protocols need a manifest with a video column (the ffpp-h5 or df40 layouts, or dflab data faces)")
+    names = df.video.astype(object).where(df.video.notna(), '\0' + df.path.astype(object)).astype(str)
+    parts = names.str.rpartition('/')
+    prefix, ids = (parts[0] + parts[1]).to_numpy(dtype=object), parts[2].str.extract(_FF_ID)
+    a = np.where(ids[0].notna(), prefix + ids[0].fillna('').to_numpy(dtype=object), names.to_numpy(dtype=object))
+    b = np.where(ids[1].notna(), prefix + ids[1].fillna('').to_numpy(dtype=object), a)
+    nodes, inv = np.unique(np.r_[a, b].astype(str), return_inverse=True)
+    n = len(df)
+    _, comp = connected_components(coo_matrix((np.ones(n), (inv[:n], inv[n:])), shape=(len(nodes),) * 2), directed=False)
+    first = pd.Series(nodes).groupby(comp).transform('min').to_numpy()      # a group is named by its smallest video
+    return pd.Series(first[inv[:n]], index=df.index, name='group')
+
+# %% ../../nbs/04_data.protocols.ipynb #77f10a29
+def _source_is(df:pd.DataFrame, want:str|None) -> np.ndarray:
+    "Rows whose `source` is `want` or ends in '/<want>' ('c23' matches 'ffpp/c23'); every row when `want` is None."
+    if want is None: return np.ones(len(df), bool)
+    if 'source' not in df.columns: raise DflabError(f"source '{want}' asked for, but the manifest has no source column")
+    s = df.source.astype(object).fillna('').astype(str)
+    hit = ((s == want) | s.str.endswith('/' + want)).to_numpy()
+    if not hit.any(): raise DflabError(f"no rows of source '{want}'; sources: {', '.join(sorted(set(s) - {''}))}")
+    return hit
+
+def split_faces(df:pd.DataFrame, train:list[str]|str|None=None, # manipulations in train/val (default: every one)
+                test:list[str]|str|None=None, # manipulations in test (default: the train ones)
+                train_source:str|None=None, test_source:str|None=None, # e.g. 'c23' and 'c40', or 'ff' and 'cdf'
+                val:float=0.14, test_fraction:float=0.14, seed:int=0) -> pd.Series:
+    "Face-video protocol: whole FF++ pair groups to train / val / test, manipulations and sources chosen per side."
+    grp = face_groups(df)
+    fakes = sorted(set(df.generator[df.label == 1].dropna()))
+    train = _check_names(df, 'generator', train, 'train manipulations') if train is not None else fakes
+    test = _check_names(df, 'generator', test, 'test manipulations') if test is not None else train
+    in_train, in_test = _source_is(df, train_source), _source_is(df, test_source)
+    uniq = pd.unique(grp.to_numpy())
+    side = pd.Series(_assign(np.zeros(len(uniq), int), hash_uniform(uniq, seed), test_fraction, val), index=uniq)
+    side = side.reindex(grp.to_numpy()).to_numpy(dtype=object)
+    unseen = ~grp.isin(set(grp[in_train])).to_numpy()                # groups the training source never shows
+    side[unseen] = 'test'
+    real, gen = (df.label == 0).to_numpy(), df.generator.astype(object).to_numpy()
+    ok_train, ok_test = (real | np.isin(gen, train)) & in_train, (real | np.isin(gen, test)) & in_test
+    out = np.where((side != 'test') & ok_train, side, np.where((side == 'test') & ok_test, 'test', None))
+    return _series(df, out)
+
+def split_df40(df:pd.DataFrame, train:list[str]|str|None=None, test:list[str]|str|None=None,
+               train_source:str|None='ff', test_source:str|None='cdf', val:float=0.14, test_fraction:float=0.14,
+               seed:int=0) -> pd.Series:
+    "DF40 (Yan et al., 2024): train on the `train` methods' FF++-domain videos, test `test` methods on the Celeb-DF domain."
+    return split_faces(df, train, test, train_source, test_source, val, test_fraction, seed)
+
 # %% ../../nbs/04_data.protocols.ipynb #2a0ab843
 PROTOCOLS = {'random': split_random, 'cross-generator': split_cross_generator, 'logo': split_leave_one_out,
              'cross-manipulation': split_cross_manipulation, 'cross-dataset': split_cross_dataset,
-             'category': split_by_category, 'video': split_by_video}
+             'category': split_by_category, 'video': split_by_video,
+             'ffpp': split_faces, 'df40': split_df40}
 
 def make_split(df:pd.DataFrame, protocol:str, **opts) -> pd.Series:
     "The split column of a named protocol."
