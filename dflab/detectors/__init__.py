@@ -11,3 +11,4 @@ from .heads import *
 from .prompts import *
 from .coop import *
 from .fusion import *
+from .lare import *
