@@ -199,6 +199,9 @@ def write_evaluation(out_dir, # the run directory (or a sub-directory of it for 
         kw = {'metric': f"{m['single_class']}_acc", 'title': f'accuracy per {c}'} if single else {}
         if plots: save_figure(plot_breakdown(t, by=c, **kw), out/f'per_{c}.png')
     write_text_report(out/'report.md', m, tables, title=title, prefix=prefix, extra=extra)
+    if not single:                      # frames of videos: video-level metrics beside the frame-level ones
+        from dflab.faces.video import add_video_level
+        add_video_level(out, metrics, preds, val, prefix)
     return metrics
 
 # %% ../nbs/15_report.ipynb #4f8b6a4a

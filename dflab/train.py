@@ -307,7 +307,7 @@ def predictions_table(self:Trainer, p:pd.DataFrame, threshold:float) -> pd.DataF
     meta = self.manifest.iloc[p['index'].to_numpy()]
     out = pd.DataFrame({'index': p['index'].to_numpy(), 'path': meta.path.astype(str).to_numpy(),
                         'label': p.label.to_numpy()})
-    for c in ('generator', 'family', 'category'):
+    for c in ('generator', 'family', 'category', 'video'):
         if c in meta and meta[c].notna().any(): out[c] = meta[c].astype(object).where(meta[c].notna(), None).to_numpy()
     out['score'] = p.score.to_numpy(); out['pred'] = (out.score >= threshold).astype(int)
     return out
