@@ -307,7 +307,7 @@ def predictions_table(self:Trainer, p:pd.DataFrame, threshold:float) -> pd.DataF
     meta = self.manifest.iloc[p['index'].to_numpy()]
     out = pd.DataFrame({'index': p['index'].to_numpy(), 'path': meta.path.astype(str).to_numpy(),
                         'label': p.label.to_numpy()})
-    for c in ('generator', 'family', 'category', 'video'):
+    for c in ('generator', 'family', 'category'):
         if c in meta and meta[c].notna().any(): out[c] = meta[c].astype(object).where(meta[c].notna(), None).to_numpy()
     out['score'] = p.score.to_numpy(); out['pred'] = (out.score >= threshold).astype(int)
     return out
@@ -538,9 +538,10 @@ def train_main(argv=None):
                    help='train only, test an existing run, or both (default)')
     p.add_argument('--resume', help='continue (or, with --mode test, evaluate) this run: a directory or a name '
                    'under the runs directory')
-    a = p.parse_args(argv)
+    a, extra = p.parse_known_args(argv)
     other = _task_command(config_path(a.config))      # e.g. `task: profiler`: another module trains it
     if other is not None: return other(argv, prog='dflab train')
+    if extra: p.error(f"unrecognized arguments: {' '.join(extra)}")
     cfg = load_config(TrainRunConfig, config_path(a.config), overrides=a.overrides)
     run, m = train(cfg, mode=a.mode, resume=a.resume)
     if m is not None:
