@@ -151,3 +151,20 @@ def test_ffpp_protocol_cli(small_set, tmp_path):
     assert set(s.generator[s.split.isin(['train', 'val'])]) <= {'real', 'faceswap'} and set(s.generator[s.split == 'test']) <= {'real', 'reenact'}
     assert s.groupby('group').split.nunique(dropna=True).max() == 1
     with pytest.raises(DflabError, match='no rows of source'): make_split(small_set, 'ffpp', train_source='c40')
+
+
+def test_evaluation_reports_video_level(tmp_path):
+    "write_evaluation adds the video level when the rows have videos, and leaves image sets as they were."
+    from dflab.report import write_evaluation
+    rng = np.random.default_rng(2)
+    def rows(prefix):
+        p = pd.DataFrame({'video': np.repeat([f'{prefix}{i}' for i in range(12)], 4), 'label': np.repeat(np.arange(12) % 2, 4)})
+        p['generator'] = np.where(p.label == 1, 'fs', 'real'); p['path'] = [f'{prefix}/{i}.png' for i in range(len(p))]
+        return p.assign(score=(rng.random(len(p)) * 0.7 + 0.3 * p.label).round(6))
+    test, val = rows('t'), rows('v')
+    m = write_evaluation(tmp_path/'a', test, val=val, n_boot=0, plots=False)
+    assert [r['level'] for r in m['video']] == ['frame', 'video mean', 'video max', 'video top-3 mean', 'video q0.9']
+    assert json.loads((tmp_path/'a/metrics.json').read_text())['video'][1]['n'] == 12
+    assert '## Video level (12 videos)' in (tmp_path/'a/report.md').read_text()
+    m = write_evaluation(tmp_path/'b', test.drop(columns='video'), val=val.drop(columns='video'), n_boot=0, plots=False)
+    assert 'video' not in m and not (tmp_path/'b/video_metrics.csv').exists()
