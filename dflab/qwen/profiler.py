@@ -969,10 +969,13 @@ def arch_counts(arch:str='7b', r:int=16) -> dict:
 
 # %% ../../nbs/18_qwen.profiler.ipynb #c9d9aa34
 def saved_bytes(fn, *args, **kw) -> int:
-    "Bytes of the tensors autograd saves for backward while `fn(*args, **kw)` runs (each storage counted once)."
+    "Bytes of activations autograd saves for backward while `fn(*args, **kw)` runs (each storage once, weights not)."
+    weights = {p.untyped_storage().data_ptr() for p in fn.parameters()} if isinstance(fn, nn.Module) else set()
     seen = {}
     def pack(t):
-        s = t.untyped_storage(); seen[(s.data_ptr(), t.device)] = s.nbytes(); return t
+        s = t.untyped_storage()
+        if s.data_ptr() not in weights: seen[(s.data_ptr(), t.device)] = s.nbytes()
+        return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): fn(*args, **kw)
     return sum(seen.values())
 
