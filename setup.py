@@ -35,7 +35,9 @@ setuptools.setup(
     package_data={'dflab': ['assets/*', 'assets/**/*', 'configs/*', 'configs/**/*', 'weights/*'],
                   'dflab.experiment_templates': ['*.ipynb', '*.yaml']},
     install_requires=reqs('requirements'),
-    extras_require={'dev': reqs('dev_requirements'), 'lab': reqs('lab_requirements')},
+    # dev installs what the tests need: the docs builder and JupyterLab are tested (tests/test_browser.py)
+    extras_require={'dev': reqs('dev_requirements') + reqs('docs_requirements') + reqs('lab_requirements'),
+                    'docs': reqs('docs_requirements'), 'lab': reqs('lab_requirements')},
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

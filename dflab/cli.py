@@ -27,6 +27,7 @@ COMMANDS = {
     'run':      ('dflab.experiments:run_main', 'run an experiment notebook with papermill'),
     'sweep':    ('dflab.experiments:sweep_main', 'run an experiment over a parameter grid'),
     'collect':  ('dflab.experiments:collect_main', 'gather parameters and metrics of many runs into one table'),
+    'docs':     ('dflab.docs:docs_main', 'build the docs site from the notebooks, or serve it on 127.0.0.1'),
     'profile': {
         'train':    ('dflab.qwen.profiler:profile_train_main', 'train the Qwen2.5-VL Stage 1 Profiler'),
         'eval':     ('dflab.qwen.profiler:profile_eval_main', 'evaluate a Profiler run on its test split again'),
