@@ -18,6 +18,7 @@ COMMANDS = {
     'data':     ('dflab.data.cli:main', 'build, validate, split and inspect dataset manifests'),
     'synth':    ('dflab.synth:main', 'generate the embedded synthetic forensic benchmark'),
     'features': ('dflab.features.extract:main', 'extract backbone features into the content-addressed cache'),
+    'lare':     ('dflab.lare.extract:main', 'extract LaRE latent reconstruction-error maps into the feature cache'),
     'cache':    ('dflab.features.cache:cache_main', 'inspect or prune the feature cache'),
     'train':    ('dflab.train:train_main', 'train a detector from a config'),
     'eval':     ('dflab.evaluate:eval_main', 'evaluate a trained run on a manifest'),
@@ -34,10 +35,12 @@ COMMANDS = {
     },
     'pretrain': {
         'clip':     ('dflab.pretrain:pretrain_main', "pretrain the tiny offline CLIP (the package's default weights)"),
+        'ldm':      ('dflab.lare.pretrain:ldm_main', "train the tiny latent diffusion model LaRE reads offline (the package's default)"),
     },
     'bench': {
         'features': ('dflab.features.extract:bench_main', 'benchmark feature extraction and the cache'),
         'train':    ('dflab.evaluate:bench_main', 'benchmark cached-feature training against recomputing'),
+        'lare':     ('dflab.lare.extract:bench_main', 'benchmark LaRE maps: tiny-model images/s and cache hits, SD-1.5 s/image beside its FLOPs'),
         'explain':  ('dflab.explain.cams:bench_main', 'benchmark GradCAM on 100 images, ScoreCAM per image beside it'),
         'profiler': ('dflab.qwen.profiler:bench_main', 'time Profiler training steps (tiny on CPU, 3B/7B on GPU)'),
         'prompts':  ('dflab.detectors.coop:bench_main', 'benchmark a CoOp training step against CoCoOp (batched, per image)'),
