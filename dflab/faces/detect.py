@@ -16,8 +16,8 @@ from ..core import DflabError, get_logger
 
 # %% auto #0
 __all__ = ['FACE_DETECTORS', 'FACENET_PIN', 'Face', 'register_face_detector', 'FaceDetector', 'as_rgb', 'MTCNNDetector',
-           'CascadeDetector', 'get_face_detector', 'CropBox', 'crop_box', 'cut_crop', 'face_crops', 'recrop',
-           'offline_photos', 'show_crops']
+           'CascadeDetector', 'get_face_detector', 'CropBox', 'crop_box', 'cut_crop', 'native_box', 'face_crops',
+           'recrop', 'offline_photos', 'show_crops']
 
 # %% ../../nbs/19a_faces.detect.ipynb #b303a272
 @dataclass(frozen=True)
@@ -159,6 +159,18 @@ def cut_crop(img, box:CropBox, size:int|None=256) -> np.ndarray: # output side i
     if size is not None and size != n: patch = np.asarray(Image.fromarray(patch).resize((size, size), Image.Resampling.LANCZOS))
     return patch
 
+# %% ../../nbs/19a_faces.detect.ipynb #cd4a8f5c
+def native_box(face:Face, side:int, # the crop's side in source pixels
+               shape:tuple) -> CropBox: # the image's shape (h, w, ...)
+    "A `side` x `side` crop of source pixels centred on `face`: on the pixel grid, unrotated, inside the image where it fits."
+    if side < 1: raise DflabError(f"a native crop needs a side of at least 1 pixel, got {side}")
+    h, w = shape[:2]
+    x0, y0, x1, y1 = face.box
+    a, b = round((x0 + x1 - side) / 2), round((y0 + y1 - side) / 2)
+    if w >= side: a = min(max(a, 0), w - side)
+    if h >= side: b = min(max(b, 0), h - side)
+    return CropBox(a + side / 2, b + side / 2, float(side), 0.0)
+
 # %% ../../nbs/19a_faces.detect.ipynb #521410e4
 def _crop_row(face:Face, box:CropBox, k:int, detector:str) -> dict:
     return {'face': k, 'detector': detector, 'det_score': face.score, 'box_x0': face.box[0], 'box_y0': face.box[1],
@@ -168,11 +180,14 @@ def _crop_row(face:Face, box:CropBox, k:int, detector:str) -> dict:
 def face_crops(images:list, # images (arrays, PIL images or paths)
                detector:str|FaceDetector='auto', fallback:str|FaceDetector|None=None, # retried where none is found
                size:int|None=256, margin:float=0.3, align:bool=True,
+               crop:str='resize', # 'resize': (1 + margin) x the box, aligned, resized to `size`; 'native': `size` source pixels
                keep:str='largest', # 'largest': one face per image; 'all': every face
                min_face:float=0. # faces whose box side is smaller are not kept (reason 'face too small')
               ) -> tuple[list[np.ndarray], pd.DataFrame, pd.DataFrame]:
     "Crops of the faces in `images`: (crops, one row per crop with its image index and box, one row per image without a face)."
     if keep not in ('largest', 'all'): raise DflabError(f"keep must be 'largest' or 'all', got {keep!r}")
+    if crop not in ('resize', 'native'): raise DflabError(f"crop must be 'resize' or 'native', got {crop!r}")
+    if crop == 'native' and size is None: raise DflabError("a native crop needs its side in pixels: size=None is only for crop='resize'")
     det = get_face_detector(detector)
     imgs = [as_rgb(im) for im in images]
     found = det.detect(imgs)
@@ -190,8 +205,8 @@ def face_crops(images:list, # images (arrays, PIL images or paths)
                    f"face too small: largest {faces[0].side:.0f} px < min_face {min_face:g} px")
             misses.append({'image': i, 'reason': why, 'width': im.shape[1], 'height': im.shape[0]}); continue
         for k, f in enumerate(big if keep == 'all' else big[:1]):
-            box = crop_box(f, margin, align)
-            crops.append(cut_crop(im, box, size)); rows.append({'image': i, **_crop_row(f, box, k, names[i])})
+            box = crop_box(f, margin, align) if crop == 'resize' else native_box(f, size, im.shape)
+            crops.append(cut_crop(im, box, size if crop == 'resize' else None)); rows.append({'image': i, **_crop_row(f, box, k, names[i])})
     cols = ['image', 'face', 'detector', 'det_score', 'box_x0', 'box_y0', 'box_x1', 'box_y1', 'crop_cx', 'crop_cy',
             'crop_side', 'crop_angle']
     return crops, pd.DataFrame(rows, columns=cols), pd.DataFrame(misses, columns=['image', 'reason', 'width', 'height'])

@@ -21,7 +21,8 @@ __all__ = ['FRAME', 'FACE', 'FPS', 'BACKGROUNDS', 'MANIPULATIONS', 'RESYNTH', 'N
 
 # %% ../../nbs/19c_faces.synth.ipynb #f41b5e70
 FRAME = 128                    # frame side in pixels (a multiple of 8: the generators' latent grids tile it)
-FACE = 64                      # face side in the frame: the 25 px LFW crop, about 2.5 times as large
+FACE = 50                      # face side in the frame: the 25 px LFW crop twice as large, so FF++'s crop of 1.3 x the
+                               # face box is 64 px, dflab's tiny CLIP's input: crops keep the frame's pixels at scale 1
 FPS = 25.0
 BACKGROUNDS = ('brick', 'grass', 'gravel', 'coffee', 'chelsea', 'rocket', 'china', 'flower', 'coins', 'moon',
                'hubble_deep_field', 'immunohistochemistry', 'retina', 'stereo_motorcycle', 'clock', 'page')  # no people
@@ -82,10 +83,6 @@ def _tile_alpha() -> np.ndarray:
     d = np.minimum.reduce([x + 0.5, y + 0.5, 24.5 - x, 24.5 - y])      # distance to the crop's border
     return np.clip(d / 2.0, 0, 1).astype(np.float32)
 
-def _ellipse() -> np.ndarray:
-    y, x = np.mgrid[0:25, 0:25]
-    return (((x - 12) / 7.5) ** 2 + ((y - 13.5) / 9.5) ** 2 <= 1).astype(np.float32)
-
 def render(idn:Identity, t:int, face:np.ndarray|None=None, # an LFW face to draw instead of idn's own
            tone=None, scale:float=1.0) -> np.ndarray:
     "Frame `t` of identity `idn`'s pristine video as float RGB in [0, 255] (optionally with another face drawn)."
@@ -105,10 +102,11 @@ def _inside(M) -> np.ndarray:
     return ((u > -0.5) & (u < 24.5) & (v > -0.5) & (v < 24.5)).astype(np.float32)
 
 def face_mask(idn:Identity, t:int, feather:float=1.5) -> np.ndarray:
-    "The manipulations' face mask in frame `t`: the inner-face ellipse under the frame's pose, feathered, in [0, 1]."
+    "The manipulations' face mask in frame `t`: the face as `render` draws it (its alpha), feathered, in [0, 1]."
     from scipy import ndimage
     import cv2
-    m = ndimage.gaussian_filter(_warp(_ellipse(), pose(idn, t), cv2.INTER_LINEAR), feather).clip(0, 1)
+    M = pose(idn, t)
+    m = ndimage.gaussian_filter(_warp(_tile_alpha(), M, cv2.INTER_LINEAR) * _inside(M), feather).clip(0, 1)
     return np.where(m < 1e-3, 0, m)            # exactly 0 outside: a manipulated frame equals its twin there
 
 # %% ../../nbs/19c_faces.synth.ipynb #0b16f403
@@ -192,7 +190,7 @@ def show_face_set(i:int=0, frames:int=16, seed:int=0, times=(0, 5, 10, 15)):
     return fig
 
 # %% ../../nbs/19c_faces.synth.ipynb #3f4215a4
-VERSION = '1'     # bump whenever the bytes of a build change
+VERSION = '2'     # bump whenever the bytes of a build change
 
 def _video_rows(ids, manipulations) -> list[dict]:
     rows = []

@@ -123,7 +123,7 @@ def _crop_item(row, root:Path, out:Path, frames:int, det, fb, opts:dict) -> tupl
         imgs, idx, ts = [as_rgb(root/origin)], [None], [None]
         base['video'] = None if 'video' not in row.index or pd.isna(row['video']) else row['video']
     crops, rows, misses = face_crops(imgs, det, fb, size=opts['size'], margin=opts['margin'], align=opts['align'],
-                                     keep=opts['keep'], min_face=opts['min_face'])
+                                     crop=opts['crop'], keep=opts['keep'], min_face=opts['min_face'])
     done = []
     for crop, r in zip(crops, rows.to_dict('records')):
         i = r.pop('image')
@@ -151,7 +151,7 @@ def _read_journal(path:Path) -> dict[str, dict]:
 def _check_options(out:Path, opts:dict):
     f = out/'faces.json'
     if f.is_file():
-        old = json.loads(f.read_text())
+        old = {'crop': 'resize'} | json.loads(f.read_text())      # builds from before native crops resized
         if old != opts:
             diff = ', '.join(f"{k}: {old.get(k)!r} -> {opts.get(k)!r}" for k in sorted(set(old) | set(opts)) if old.get(k) != opts.get(k))
             raise DflabError(f"{out} was built with other options ({diff}); resume with the same options or use a new --out")
@@ -164,16 +164,18 @@ def build_faces(src, # a dflab manifest (.parquet) of images and/or videos, or a
                 out, # the face dataset's folder (created; an existing one is resumed)
                 frames:int=8, # frames sampled evenly from each video
                 detector:str='auto', fallback:str|None=None, size:int=256, margin:float=0.3, align:bool=True,
+                crop:str='resize', # 'resize' (DeepfakeBench) or 'native' (`size` source pixels): see `face_crops`
                 keep:str='largest', min_face:float=0., progress:bool=True) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Crop the faces of every input into `out`: (manifest of crops, no-face report); resumes an interrupted build."
     from tqdm.auto import tqdm
     from dflab.data.manifest import as_manifest, manifest_root, write_manifest
     from dflab.faces.detect import get_face_detector
     if frames < 1: raise DflabError(f"frames must be >= 1, got {frames}")
+    if crop not in ('resize', 'native'): raise DflabError(f"crop must be 'resize' or 'native', got {crop!r}")
     inputs = _inputs(src)
     root, out = manifest_root(inputs), Path(out)
     opts = {'src': str(Path(src).absolute()), 'frames': frames, 'detector': detector, 'fallback': fallback,
-            'size': size, 'margin': margin, 'align': align, 'keep': keep, 'min_face': min_face}
+            'size': size, 'margin': margin, 'align': align, 'crop': crop, 'keep': keep, 'min_face': min_face}
     _check_options(out, opts)
     journal = out/'journal.jsonl'
     done = _read_journal(journal)
@@ -228,13 +230,17 @@ def faces_main(argv:list[str]|None=None) -> int:
     p.add_argument('--size', type=_number(int, at_least(8)), default=256, help='crop side in pixels (default 256)')
     p.add_argument('--margin', type=_number(float, at_least(0)), default=0.3, help='crop side = (1 + margin) x face box (default 0.3)')
     p.add_argument('--no-align', action='store_true', help='do not rotate crops to level the eyes')
+    p.add_argument('--crop', choices=('resize', 'native'), default='resize',
+                   help='resize: (1 + margin) x the face box, eyes levelled, resized to --size (DeepfakeBench; default); '
+                        'native: --size x --size source pixels around the face, neither rotated nor resampled, so '
+                        'pixel-level traces survive (--margin and --no-align do not apply)')
     p.add_argument('--all-faces', action='store_true', help='crop every face, not only the largest')
     p.add_argument('--min-face', type=_number(float, at_least(0)), default=0., help='ignore faces smaller than this (pixels)')
     p.add_argument('--no-progress', action='store_true')
     a = p.parse_args(argv)
     m, miss = build_faces(a.src, a.out, frames=a.frames, detector=a.detector,
                           fallback=a.fallback, size=a.size, margin=a.margin,
-                          align=not a.no_align, keep='all' if a.all_faces else 'largest', min_face=a.min_face,
+                          align=not a.no_align, crop=a.crop, keep='all' if a.all_faces else 'largest', min_face=a.min_face,
                           progress=not a.no_progress)
     n_in = m.origin.nunique() if len(m) else 0
     print(f"{len(m)} face crops from {n_in} inputs ({int((m.label == 1).sum()) if len(m) else 0} fake); "
