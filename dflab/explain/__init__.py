@@ -9,3 +9,4 @@ __all__ = []
 from .cams import *
 from .metrics import *
 from .views import *
+from .profiler import *

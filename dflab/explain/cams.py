@@ -20,10 +20,11 @@ from ..backbones import Backbone, HFClipBackbone, OpenClipBackbone
 _log = get_logger('dflab.explain')
 
 # %% auto #0
-__all__ = ['TOWERS', 'TARGETS', 'METHODS', 'EXTRA_METHODS', 'TokensToGrid', 'VisionTower', 'register_tower', 'vision_tower',
-           'Target', 'register_target', 'make_target', 'fake_log_odds', 'ScoreModel', 'list_methods', 'uses_target',
-           'cam_class', 'attention_rollout', 'Explanation', 'random_maps', 'Explainer', 'prompt_attribution',
-           'load_images', 'explain', 'explain_to_dir', 'explain_main', 'bench_explain', 'bench_main']
+__all__ = ['TOWERS', 'TARGETS', 'METHODS', 'EXTRA_METHODS', 'RUN_LOADERS', 'TokensToGrid', 'VisionTower', 'register_tower',
+           'vision_tower', 'Target', 'register_target', 'make_target', 'fake_log_odds', 'ScoreModel', 'list_methods',
+           'uses_target', 'cam_class', 'attention_rollout', 'Explanation', 'random_maps', 'Explainer',
+           'prompt_attribution', 'load_images', 'register_run_loader', 'load_explainer', 'explain', 'explain_to_dir',
+           'explain_main', 'bench_explain', 'bench_main']
 
 # %% ../../nbs/16a_explain.cams.ipynb #5e4a4124
 class TokensToGrid:
@@ -349,18 +350,31 @@ def load_images(images, preprocess) -> tuple[torch.Tensor, list[str], list[tuple
     return torch.stack(xs), names, bad
 
 # %% ../../nbs/16a_explain.cams.ipynb #4ed5251c
+RUN_LOADERS: list[Callable] = []   # fn(run, target, batch_size) -> Explainer, or None if `run` is not its kind
+
+def register_run_loader(fn:Callable) -> Callable:
+    "Decorator registering `fn(run, target, batch_size) -> Explainer | None` for runs `load_run` does not read."
+    if fn not in RUN_LOADERS: RUN_LOADERS.insert(0, fn)
+    return fn
+
+def load_explainer(run, # a trained run directory (its best/ model)
+                   target:str='fake', batch_size:int=32) -> Explainer:
+    "An `Explainer` of a trained run (`threshold`: the run's decision threshold chosen on validation, if any)."
+    for fn in RUN_LOADERS:
+        if (ex := fn(run, target, batch_size)) is not None: return ex
+    from dflab.evaluate import load_run
+    cfg, det, meta = load_run(run)
+    ex = Explainer(det, target=target, layer=meta.get('layer', 'final'), batch_size=batch_size)
+    ex.threshold = meta.get('threshold')
+    return ex
+
 def explain(run, # a trained run directory (its best/ model), or an Explainer
             images, # image files and/or folders, PIL images, or preprocessed tensors (B, 3, H, W)
             method:str='gradcam', # see `list_methods()`
-            target:str='fake', # 'fake' or 'prompt:TEXT'
+            target:str='fake', # 'fake' or 'prompt:TEXT' (a Profiler run: also 'generator:NAME')
             batch_size:int=32) -> Explanation:
     "Explain a trained run's scores of `images` with `method`; unreadable files are listed in `.errors`."
-    if isinstance(run, Explainer): ex = run
-    else:
-        from dflab.evaluate import load_run
-        cfg, det, meta = load_run(run)
-        ex = Explainer(det, target=target, layer=meta.get('layer', 'final'), batch_size=batch_size)
-        ex.threshold = meta.get('threshold')
+    ex = run if isinstance(run, Explainer) else load_explainer(run, target, batch_size)
     x, names, bad = load_images(images, ex.backbone.preprocess)
     e = ex(x, method, paths=names)
     e.errors = bad
@@ -374,13 +388,11 @@ def _save_png(a:np.ndarray, path:Path):
 
 def explain_to_dir(run, inputs, out, methods=('gradcam',), target:str='fake', batch_size:int=32) -> pd.DataFrame:
     "Overlays (out/overlays/*.png) and out/scores.csv for `inputs` explained by a run; returns the table."
-    from dflab.evaluate import load_run
     from dflab.report import write_csv
     for m in methods:
         if m not in list_methods(): raise DflabError(f"unknown method '{m}'; choose from: {', '.join(list_methods())}, all")
-    cfg, det, meta = load_run(run)
-    ex = Explainer(det, target=target, layer=meta.get('layer', 'final'), batch_size=batch_size)
-    thr = meta.get('threshold', 0.5)
+    ex = load_explainer(run, target, batch_size)
+    thr = ex.threshold if ex.threshold is not None else 0.5
     x, names, bad = load_images(inputs, ex.backbone.preprocess)
     out = Path(out); (out/'overlays').mkdir(parents=True, exist_ok=True)
     rows = []
