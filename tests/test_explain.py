@@ -1,4 +1,4 @@
-"dflab.explain: map shapes for every method, the head-randomisation contract, localization on hand-made masks, the CLI and the experiment template end to end on a tiny trained run."
+"dflab.explain: map shapes for every method, the head-randomisation contract, localization on hand-made masks, the CLI and the experiment template end to end on a tiny trained run, and a tiny Qwen2.5-VL Profiler run explained through the same API and CLI."
 import contextlib, io
 import numpy as np
 import pandas as pd
@@ -137,3 +137,63 @@ def test_experiment_template(tiny_run, tmp_path):
     assert (r.path/'figures'/'gallery-generator.png').is_file() and (r.path/'figures'/'gallery-outcome.png').is_file()
     assert r.metrics['sanity']['eigencam']['passes'] is False
     assert 'best localiser' in (r.path/'report.md').read_text()
+
+
+@pytest.fixture(scope='module')
+def profiler_run(tmp_path_factory):
+    "The tiny random-init Qwen2.5-VL Profiler after a few optimiser steps on the tiny benchmark."
+    from dflab.core import load_config, setup_logging
+    from dflab.train import config_path
+    from dflab.qwen.profiler import ProfilerRunConfig, train_profiler
+    out = tmp_path_factory.mktemp('profiler-runs')
+    cfg = load_config(ProfilerRunConfig, config_path('profiler-tiny'),
+                      overrides=['stage1_training.epochs=1', 'stage1_training.max_steps=3', f'run.out_dir={out}'])
+    with contextlib.redirect_stderr(io.StringIO()):
+        run, _ = train_profiler(cfg, mode='train')
+    setup_logging(console=False)
+    return run.path
+
+
+def test_profiler_run_explains_to_maps_of_the_right_shape(profiler_run, tiny_bench, tmp_path):
+    from pathlib import Path
+    manifest, _ = tiny_bench
+    files = [Path(manifest.attrs['root'])/p for p in manifest.path.iloc[[0, 250, 399]]]
+    for m in ('gradcam', 'layercam', 'eigencam'):
+        e = explain(profiler_run, files, method=m)
+        assert e.grid.shape == (3, 8, 8) and e.maps.shape == (3, 64, 64) and np.isfinite(e.grid).all()
+        assert ((e.scores > 0) & (e.scores < 1)).all() and e.errors == []
+    from dflab.qwen.profiler import profile_images
+    np.testing.assert_allclose(e.scores, profile_images(profiler_run, files, device='cpu').score, atol=1e-5)
+    g = explain(profiler_run, files, target=f'generator:{manifest.generator.iloc[250]}')
+    assert g.grid.shape == (3, 8, 8) and not np.allclose(g.grid, explain(profiler_run, files).grid)
+    with pytest.raises(Exception, match='this Profiler knows'): explain(profiler_run, files, target='generator:nope')
+    with pytest.raises(Exception, match='no attention rollout'): explain(profiler_run, files, method='rollout')
+    rc, so, se = run_cli('explain', '--run', profiler_run, *files[:2], '--out', tmp_path/'out', '--method', 'gradcam')
+    assert rc == 0, se
+    df = pd.read_csv(tmp_path/'out'/'scores.csv')
+    assert len(df) == 2 and all(Image.open(tmp_path/'out'/f).size == (64, 64) for f in df.overlay)
+
+
+def test_profiler_maps_change_when_its_detection_head_is_redrawn(profiler_run, images):
+    from dflab.explain import load_explainer
+    ex = load_explainer(profiler_run)
+    head = ex.backbone.model.heads.detect.weight.detach().clone()
+    rnd = Explainer(randomize_head(ex.detector, seed=1), ex.backbone)
+    assert torch.equal(ex.backbone.model.heads.detect.weight, head)     # the trained head is left as it was
+    x = images.clamp(-2, 2)
+    for m in ('gradcam', 'hirescam'):
+        a, b = ex(x, m).grid, rnd(x, m).grid
+        assert a.shape == (3, 8, 8) and np.abs(a - b).max() > 0.05, f"{m}'s Profiler map did not move with a redrawn head"
+    np.testing.assert_allclose(ex(x, 'eigencam').grid, rnd(x, 'eigencam').grid, atol=1e-5)   # it never reads the head
+
+
+def test_profiler_tensors_round_trip_through_the_image_processor(profiler_run, tiny_bench):
+    from pathlib import Path
+    from dflab.explain import load_explainer
+    manifest, _ = tiny_bench
+    bb = load_explainer(profiler_run).backbone
+    img = Image.open(Path(manifest.attrs['root'])/manifest.path.iloc[250]).convert('RGB')
+    enc = bb.image_processor(img, return_tensors='pt')
+    pv, thw = bb.patches(bb.preprocess(img)[None])
+    assert torch.equal(pv, enc['pixel_values']) and thw.tolist() == enc['image_grid_thw'].tolist()
+    with pytest.raises(Exception, match='multiples of 16'): bb.patches(torch.zeros(1, 3, 60, 64))
