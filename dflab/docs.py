@@ -340,9 +340,10 @@ _CSS = """
 .md-typeset .nb-output { border-left: .2rem solid var(--md-accent-fg-color--transparent); }
 .md-typeset .nb-output pre, .md-typeset .nb-output code { background: transparent; }
 .md-typeset .nb-html { overflow-x: auto; margin: 0 0 1em 0; padding-left: .6rem; }
-.md-typeset .nb-html table { font-size: .64rem; }
+.md-typeset .nb-html table { font-size: .64rem; border-collapse: collapse; border: none; }
+.md-typeset .nb-html th, .md-typeset .nb-html td { border: 1px solid var(--md-default-fg-color--lightest);
+  padding: .15em .5em; text-align: right; }
 .md-typeset .nb-error code { color: var(--md-code-hl-keyword-color); }
-.md-typeset h3[id] { font-family: var(--md-code-font-family); }
 """
 
 def _nav(pages:list[Page]) -> list:
@@ -373,7 +374,7 @@ def _mkdocs_yml(docs:Path, site:Path, pages:list[Page], strict:bool=True) -> str
                                'search.suggest', 'content.code.copy', 'toc.follow'],
                   'palette': [{'scheme': 'default', 'primary': 'indigo', 'accent': 'indigo'}]},
         'extra_css': ['dflab.css'],
-        'plugins': ['search', 'offline'],
+        'plugins': ['search'],
         'markdown_extensions': [
             'tables', 'admonition', 'attr_list', 'md_in_html', 'def_list', 'footnotes',
             {'toc': {'permalink': True, 'slugify': '__SLUGIFY__'}},
