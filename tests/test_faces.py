@@ -116,14 +116,35 @@ def test_build_faces_resume_and_report(small_set, tmp_path):
     with pytest.raises(DflabError, match='size: 64 -> 32'): build_faces(tmp_path/'in.parquet', tmp_path/'out', frames=3, size=32)
 
 
+def test_native_crops_are_source_pixels(small_set, tmp_path):
+    "crop='native' copies the frame's own pixels around the face (no rotation, no resampling); a resized crop low-pass filters them; a build is not resumed with the other crop."
+    from dflab.baseline import residual
+    from dflab.faces.synth import NOISE
+    src = manifest_root(small_set)/'videos.parquet'
+    nat, _ = build_faces(src, tmp_path/'n', frames=1, size=64, crop='native', progress=False)
+    res, _ = build_faces(src, tmp_path/'r', frames=1, size=64, progress=False)
+    assert len(nat) == len(res) == 20 and (nat.crop_side == 64).all() and (nat.crop_angle == 0).all()
+    assert (res.crop_angle != 0).any() and abs(res.crop_side.median() - 64) < 8      # the face set's scale: 1.3 x box ~ 64 px
+    r = nat[nat.origin == 'real/001.mkv'].iloc[0]
+    frames, _, _ = read_frames(manifest_root(small_set)/'real/001.mkv', 1)
+    x0, y0 = int(r.crop_cx - 32), int(r.crop_cy - 32)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path/'n'/r.path)), frames[0][y0:y0 + 64, x0:x0 + 64])
+    hp = lambda m, root: np.mean([np.median(np.abs(residual(np.asarray(Image.open(root/p), np.float64)))) for p in m.path[m.label == 0]])
+    assert hp(nat, tmp_path/'n') > 1.2 * hp(res, tmp_path/'r') and hp(nat, tmp_path/'n') > 0.6 * NOISE   # the camera noise survives natively
+    with pytest.raises(DflabError, match="crop: 'resize' -> 'native'"):
+        build_faces(src, tmp_path/'r', frames=1, size=64, crop='native', progress=False)
+
+
 def test_cli_faces(small_set, tmp_path):
-    "dflab data faces: 0 on success with counts, 1 on a missing input, 2 on a bad option; --help imports no torch."
+    "dflab data faces: 0 on success with counts (native crops of --size source pixels), 1 on a missing input, 2 on a bad option; --help imports no torch."
     rc, out, err = run_cli('data', 'faces', '--in', manifest_root(small_set)/'videos.parquet', '--out', tmp_path/'f',
-                           '--frames', '1', '--size', '32', '--no-progress')
+                           '--frames', '1', '--size', '32', '--crop', 'native', '--no-progress')
     assert rc == 0 and re.search(r'\d+ face crops from 20 inputs \(\d+ fake\)', out), out + err
-    assert read_manifest(tmp_path/'f/manifest.parquet').frame.eq(3).all()                     # the middle of 6 frames
+    f = read_manifest(tmp_path/'f/manifest.parquet')
+    assert f.frame.eq(3).all() and f.crop_side.eq(32).all()                                 # the middle of 6 frames, 32 source px
     assert run_cli('data', 'faces', '--in', tmp_path/'none', '--out', tmp_path/'g')[0] == 1
     assert run_cli('data', 'faces', '--in', 'x', '--out', 'y', '--frames', '0')[0] == 2
+    assert run_cli('data', 'faces', '--in', 'x', '--out', 'y', '--crop', 'tight')[0] == 2
 
 
 def test_video_metrics_pool_frames():

@@ -15,9 +15,9 @@ import pandas as pd
 from ..core import DflabError, cache_dir, get_logger
 
 # %% auto #0
-__all__ = ['FRAME', 'FACE', 'FPS', 'BACKGROUNDS', 'MANIPULATIONS', 'RESYNTH', 'NOISE', 'VERSION', 'lfw_faces', 'Identity',
-           'identity', 'pose', 'background', 'render', 'face_mask', 'faceswap', 'reenact', 'resynth', 'sensor_noise',
-           'partner', 'make_frames', 'show_face_set', 'face_set']
+__all__ = ['FRAME', 'FACE', 'FPS', 'BACKGROUNDS', 'MANIPULATIONS', 'RESYNTH', 'SKIN', 'NOISE', 'VERSION', 'lfw_faces', 'Identity',
+           'identity', 'pose', 'background', 'skin', 'render', 'face_mask', 'faceswap', 'reenact', 'resynth',
+           'sensor_noise', 'partner', 'make_frames', 'show_face_set', 'face_set']
 
 # %% ../../nbs/19c_faces.synth.ipynb #f41b5e70
 FRAME = 128                    # frame side in pixels (a multiple of 8: the generators' latent grids tile it)
@@ -83,15 +83,25 @@ def _tile_alpha() -> np.ndarray:
     d = np.minimum.reduce([x + 0.5, y + 0.5, 24.5 - x, 24.5 - y])      # distance to the crop's border
     return np.clip(d / 2.0, 0, 1).astype(np.float32)
 
-def render(idn:Identity, t:int, face:np.ndarray|None=None, # an LFW face to draw instead of idn's own
-           tone=None, scale:float=1.0) -> np.ndarray:
-    "Frame `t` of identity `idn`'s pristine video as float RGB in [0, 255] (optionally with another face drawn)."
+SKIN = 6.0        # contrast of the skin's fine detail, in percent
+
+@lru_cache(maxsize=128)
+def skin(face:int) -> np.ndarray:
+    "LFW face `face`'s skin detail: a fixed fine texture over its 25 x 25 crop at 4x the resolution, unit std."
+    from scipy import ndimage
+    r = ndimage.gaussian_filter(np.random.default_rng([face, 41]).standard_normal((100, 100)), 0.7)
+    return (r / r.std()).astype(np.float32)
+
+def render(idn:Identity, t:int, source:Identity|None=None, # whose face to draw (LFW face, tone, skin); default idn's
+           scale:float=1.0) -> np.ndarray:
+    "Frame `t` of identity `idn`'s pristine video as float RGB in [0, 255] (optionally with `source`'s face drawn)."
     import cv2
-    f = (lfw_faces()[idn.face] if face is None else face) * 255
-    rgb = f[..., None] * np.asarray(idn.tone if tone is None else tone, np.float32)
+    src = idn if source is None else source
+    rgb = lfw_faces()[src.face][..., None] * 255 * np.asarray(src.tone, np.float32)
     M = pose(idn, t, scale)
+    Ms = np.hstack([M[:, :2] / 4, (M[:, 2] - 0.375 * M[:, :2].sum(1))[:, None]])   # skin pixels -> frame
     a = (_warp(_tile_alpha(), M, cv2.INTER_LINEAR) * _inside(M))[..., None]
-    return a * _warp(rgb, M) + (1 - a) * background(idn)
+    return a * _warp(rgb, M) * (1 + SKIN / 100 * _warp(skin(src.face), Ms))[..., None] + (1 - a) * background(idn)
 
 def _inside(M) -> np.ndarray:
     "1 where a frame pixel maps back inside the 25 x 25 crop (the border replication must not leak)."
@@ -117,7 +127,7 @@ def faceswap(target:Identity, source:Identity, t:int, base:np.ndarray) -> np.nda
     "The source's face on the target's frame `base`: rendered at 60%, warped back up, colour-matched and blended (FaceSwap-like)."
     import cv2
     m = face_mask(target, t)
-    small = render(target, t, face=lfw_faces()[source.face], tone=source.tone, scale=0.6)
+    small = render(target, t, source=source, scale=0.6)
     c = np.array([FRAME / 2, FRAME / 2])
     M0, M1 = pose(target, t, 0.6), pose(target, t)               # the small face's pose -> the full-size pose
     A = M1[:, :2] @ np.linalg.inv(M0[:, :2]); up = np.hstack([A, (M1[:, 2] - A @ M0[:, 2])[:, None]])
@@ -190,7 +200,7 @@ def show_face_set(i:int=0, frames:int=16, seed:int=0, times=(0, 5, 10, 15)):
     return fig
 
 # %% ../../nbs/19c_faces.synth.ipynb #3f4215a4
-VERSION = '2'     # bump whenever the bytes of a build change
+VERSION = '3'     # bump whenever the bytes of a build change
 
 def _video_rows(ids, manipulations) -> list[dict]:
     rows = []
