@@ -215,17 +215,20 @@ def refresh(self:RunBrowser):
         tiles.append(W.VBox([W.Image(value=png_bytes(r.file, 96), format='png', width=96, height=96), b]))
     self.gallery.children = tiles
 
+_SHOWN = {'index', 'path', 'label', 'generator', 'family', 'kind', 'score', 'pred', 'split', 'file'}
+
 @patch
 def show(self:RunBrowser, i:int):
-    "The detail of row `i` of the run's table: the image, its heat map, score, truth and outcome."
+    "The detail of row `i`: image, heat map, score, truth, outcome, and any other column of the run's predictions."
     r = self.table.loc[i]
     if self._heat is None: self._heat = HeatMaps(self.run, self.method)
     score, ov = self._heat.overlay(r.file)
     self.selected = i
     out = 'TP' if r.label and r.score >= self.threshold.value else 'FN' if r.label else 'FP' if r.score >= self.threshold.value else 'TN'
+    more = ''.join(f"<br>{html.escape(str(k))}: {html.escape(_fmt(v))}" for k, v in r.items() if k not in _SHOWN)
     info = (f"<b>{html.escape(r.path)}</b><br>truth {'fake' if r.label else 'real'} · generator {r.generator} · "
             f"family {r.family} · kind {r.kind}<br>score {score:.3f} at threshold {self.threshold.value:.3f}: {out}<br>"
-            f"heat map: {self._heat.method}")
+            f"heat map: {self._heat.method}{more}")
     self.detail.value = (f"<div style='display:flex;gap:1em;align-items:center'>{_img_tag(png_bytes(r.file, 160), r.path, 160)}"
                          f"{_img_tag(png_bytes(ov, 160), 'heat map', 160)}<div>{info}</div></div>")
 
