@@ -89,6 +89,11 @@ _FAMILY_RE = re.compile(r'^[a-z][a-z0-9_.-]*$')
 
 def _qualname(fn) -> str: return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
+def _same_loader(old, new) -> bool:
+    "The same function, or its source run again as `__main__` (a notebook or script re-running the module's cells)."
+    if _qualname(old) == _qualname(new): return True
+    return getattr(new, '__module__', None) == '__main__' and getattr(old, '__qualname__', 0) == getattr(new, '__qualname__', 1)
+
 def register_backbone_family(family:str, # prefix of the names it loads, e.g. 'openclip'; lower case, no ':' or '@'
                              parse:Callable|None=None, # rest of the name -> (arch, weights or None)
                              names:Callable|None=None, # (pretrained:bool) -> names for list_backbones
@@ -101,7 +106,7 @@ def register_backbone_family(family:str, # prefix of the names it loads, e.g. 'o
                          "starting with a letter")
     def deco(loader):
         old = FAMILIES.get(fam)
-        if old is not None and not replace and _qualname(old.loader) != _qualname(loader):   # re-running is fine
+        if old is not None and not replace and not _same_loader(old.loader, loader):   # re-running is fine
             raise DflabError(f"backbone family '{fam}' is already registered to {_qualname(old.loader)}; "
                              f"pass replace=True to replace it with {_qualname(loader)}")
         d = doc if doc is not None else (loader.__doc__ or '').strip().split('\n')[0]
