@@ -18,7 +18,7 @@ __all__ = ['log', 'CHECKPOINT_FILES', 'write_dir', 'optimizer_to_flat', 'optimiz
 # %% ../nbs/13a_checkpoints.ipynb #af9b72ce
 def write_dir(dst:Path, fill) -> Path:
     "Create directory `dst` atomically: `fill(tmp)` writes into a temporary sibling, which is renamed over `dst`."
-    # the files inside are not fsynced one by one (a checkpoint is written every epoch); the reader checks each file,
+    # the files inside are not fsynced one by one (up to one checkpoint per epoch); the reader checks each file,
     # so a directory torn by a power loss is skipped for the newest intact one (`latest_checkpoint`)
     dst = Path(dst); dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent/f'.{dst.name}.tmp-{os.getpid()}'
@@ -47,9 +47,6 @@ def optimizer_from_flat(opt, tensors:dict, meta:dict):
     for key, v in list(tensors.items()) + list(meta['scalars'].items()):
         pid, k = key.split('.', 1); state.setdefault(int(pid), {})[k] = v
     opt.load_state_dict({'state': state, 'param_groups': meta['param_groups']})
-
-
-
 
 # %% ../nbs/13a_checkpoints.ipynb #6b7eec4a
 _DAMAGED = ("the file is damaged or incomplete (e.g. an interrupted copy or a full disk); restore it, "

@@ -40,6 +40,7 @@ COMMANDS = {
     'bench': {
         'features': ('dflab.features.extract:bench_main', 'benchmark feature extraction and the cache'),
         'train':    ('dflab.evaluate:bench_main', 'benchmark cached-feature training against recomputing'),
+        'metrics':  ('dflab.metrics:bench_main', 'benchmark bootstrap intervals: one replicate at a time vs all at once'),
         'lare':     ('dflab.lare.extract:bench_main', 'benchmark LaRE maps: tiny-model images/s and cache hits, SD-1.5 s/image beside its FLOPs'),
         'explain':  ('dflab.explain.cams:bench_main', 'benchmark GradCAM on 100 images, ScoreCAM per image beside it'),
         'profiler': ('dflab.qwen.profiler:bench_main', 'time Profiler training steps (tiny on CPU, 3B/7B on GPU)'),

@@ -10,14 +10,15 @@ import pandas as pd
 from .core import DflabError
 
 def _sk():
-    "scikit-learn, imported on first use (a second of start-up that commands which never compute a metric skip)."
+    "scikit-learn, imported on first use (only the identification metrics need it; two seconds of start-up elsewhere)."
     import sklearn, sklearn.metrics
     return sklearn
 
 # %% auto #0
-__all__ = ['THRESHOLD_CRITERIA', 'check_binary', 'roc_points', 'roc_auc', 'average_precision', 'eer', 'tpr_at_fpr', 'accuracy_at',
-           'choose_threshold', 'ece', 'bootstrap_ci', 'bootstrap_detection', 'rank_metrics', 'detection_metrics',
-           'breakdown', 'topk_accuracy', 'confusion_matrix', 'macro_f1', 'identification_metrics']
+__all__ = ['THRESHOLD_CRITERIA', 'check_binary', 'roc_points', 'roc_auc', 'average_precision', 'pr_points', 'eer', 'tpr_at_fpr',
+           'accuracy_at', 'choose_threshold', 'ece', 'bootstrap_ci', 'bootstrap_detection', 'rank_metrics',
+           'detection_metrics', 'breakdown', 'bench_metrics', 'bench_main', 'topk_accuracy', 'confusion_matrix',
+           'macro_f1', 'identification_metrics']
 
 # %% ../nbs/14_metrics.ipynb #6c2082be
 def check_binary(y, # labels, 0 real / 1 fake
@@ -44,36 +45,54 @@ def check_binary(y, # labels, 0 real / 1 fake
                          "Use accuracy_at() for a single-class set.")
     return y, s
 
+# %% ../nbs/14_metrics.ipynb #1f0e3c52
+def _sorted_scores(y:np.ndarray, s:np.ndarray):
+    "Scores sorted descending, with the number of fakes and reals at or above each distinct score."
+    order = np.argsort(-s, kind='mergesort'); ys, ss = y[order], s[order]
+    ends = np.r_[np.flatnonzero(np.diff(ss) != 0), len(ss) - 1]         # last row of each distinct score
+    c1 = np.cumsum(ys)[ends]
+    return order, ys, ss, c1, (ends + 1) - c1
+
+def _roc(y:np.ndarray, s:np.ndarray):
+    "(fpr, tpr, thresholds) of checked labels and scores, from the origin (threshold +inf) to (1, 1)."
+    _, _, ss, c1, c0 = _sorted_scores(y, s)
+    return np.r_[0., c0 / c0[-1]], np.r_[0., c1 / c1[-1]], np.r_[np.inf, ss[c1 + c0 - 1]]
+
 # %% ../nbs/14_metrics.ipynb #3e78cf44
 def roc_points(y, score):
-    "ROC curve `(fpr, tpr, thresholds)` (scikit-learn), one point per distinct score plus the origin (threshold +inf)."
-    y, s = check_binary(y, score, need_both=True, what='ROC')
-    return _sk().metrics.roc_curve(y, s, drop_intermediate=False)
+    "ROC curve `(fpr, tpr, thresholds)`, one point per distinct score plus the origin (threshold +inf), in one sort."
+    return _roc(*check_binary(y, score, need_both=True, what='ROC'))
 
 # %% ../nbs/14_metrics.ipynb #d1e21630
 def roc_auc(y, score) -> float:
-    "Area under the ROC curve (scikit-learn): P(score of a random fake > random real), ties counting one half."
-    y, s = check_binary(y, score, need_both=True, what='AUC')
-    # for two classes roc_auc_score is auc(roc_curve); calling the two directly skips its label binarising and
-    # halves the cost, which matters in the bootstrap (1000 calls per interval)
-    fpr, tpr, _ = _sk().metrics.roc_curve(y, s)
-    return float(_sk().metrics.auc(fpr, tpr))
+    "Area under the ROC curve (trapezoids of `roc_points`): P(score of a random fake > random real), ties counting half."
+    fpr, tpr, _ = _roc(*check_binary(y, score, need_both=True, what='AUC'))
+    return float((np.diff(fpr) * (tpr[1:] + tpr[:-1])).sum() / 2)
 
 # %% ../nbs/14_metrics.ipynb #0519c89b
 def average_precision(y, score) -> float:
-    "Average precision (scikit-learn): sum over distinct thresholds of (recall step) x precision."
-    y, s = check_binary(y, score, need_both=True, what='AP')
-    return float(_sk().metrics.average_precision_score(y, s))
+    "Average precision as scikit-learn defines it: sum over distinct thresholds of (recall step) x precision."
+    _, _, _, c1, c0 = _sorted_scores(*check_binary(y, score, need_both=True, what='AP'))
+    return float((np.diff(np.r_[0., c1 / c1[-1]]) * c1 / (c1 + c0)).sum())
+
+# %% ../nbs/14_metrics.ipynb #4c8e1a27
+def pr_points(y, score):
+    "Precision-recall curve `(precision, recall, thresholds)` by increasing recall, from (recall 0, precision 1)."
+    _, _, ss, c1, c0 = _sorted_scores(*check_binary(y, score, need_both=True, what='PR curve'))
+    return np.r_[1., c1 / (c1 + c0)], np.r_[0., c1 / c1[-1]], np.r_[np.inf, ss[c1 + c0 - 1]]
 
 # %% ../nbs/14_metrics.ipynb #5f2d7a8c
-def eer(y, score) -> tuple[float, float]:
-    "Equal error rate and its threshold (a score): the ROC curve (linear between points) crossing fnr = fpr."
-    fpr, tpr, thr = roc_points(y, score)
+def _eer(fpr, tpr, thr) -> tuple[float, float]:
+    "(EER, its threshold) of a ROC curve from its origin."
     d = (1 - tpr) - fpr                         # decreasing from 1 to -1 along the curve
     i = int(np.argmax(d <= 0))                  # first point at or past the crossing
     if d[i] == 0 or i == 0: return float(fpr[i]), float(thr[i])
     t = d[i-1] / (d[i-1] - d[i])                # linear interpolation on segment i-1 -> i
     return float(fpr[i-1] + t * (fpr[i] - fpr[i-1])), float(thr[i])
+
+def eer(y, score) -> tuple[float, float]:
+    "Equal error rate and its threshold (a score): the ROC curve (linear between points) crossing fnr = fpr."
+    return _eer(*roc_points(y, score))
 
 # %% ../nbs/14_metrics.ipynb #39deba7c
 def tpr_at_fpr(y, score, max_fpr:float=0.01) -> float:
@@ -134,9 +153,8 @@ def bootstrap_ci(fn, # metric fn(y, score) -> float
         return float(fn(yy, np.concatenate([parts[c] for c in classes])))
     if not free: v = stat(); return v, v
     from scipy import stats
-    with _sk().config_context(assume_finite=True, skip_parameter_validation=True):   # checked once above
-        res = stats.bootstrap([groups[c] for c in free], stat, n_resamples=n_boot, confidence_level=1 - alpha,
-                              method='percentile', vectorized=False, batch=100, rng=np.random.default_rng(seed))
+    res = stats.bootstrap([groups[c] for c in free], stat, n_resamples=n_boot, confidence_level=1 - alpha,
+                          method='percentile', vectorized=False, batch=100, rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 # %% ../nbs/14_metrics.ipynb #e6213d90
@@ -148,13 +166,6 @@ def _draw_counts(k:int, n_boot:int, rng) -> np.ndarray:
 
 
 # %% ../nbs/14_metrics.ipynb #62155c49
-def _sorted_scores(y:np.ndarray, s:np.ndarray):
-    "Scores sorted descending, with the number of fakes and reals at or above each distinct score."
-    order = np.argsort(-s, kind='mergesort'); ys, ss = y[order], s[order]
-    ends = np.r_[np.flatnonzero(np.diff(ss) != 0), len(ss) - 1]         # last row of each distinct score
-    c1 = np.cumsum(ys)[ends]
-    return order, ys, ss, c1, (ends + 1) - c1
-
 def _weighted_metrics(ys, ss, c1, c0, W1, W0, thresholds:dict, which=('auc', 'ap', 'eer')) -> dict[str, np.ndarray]:
     "AUC, AP, EER and accuracies at `thresholds` of each replicate: fakes drawn `W1`, reals `W0` times (sorted order)."
     B = len(W1); z = np.zeros((B, 1), np.int32)
@@ -177,7 +188,6 @@ def _weighted_metrics(ys, ss, c1, c0, W1, W0, thresholds:dict, which=('auc', 'ap
         j1 = int(ys[ss >= thr].sum()); j0 = int((ss >= thr).sum()) - j1
         out[k] = (cum1[:, j1] + (N[:, 0] - cum0[:, j0])) / len(ys)
     return out
-
 
 # %% ../nbs/14_metrics.ipynb #554de687
 def bootstrap_detection(y, score, n_boot:int=1000, alpha:float=0.05, seed:int=0,
@@ -233,28 +243,132 @@ def detection_metrics(y, score, # labels and P(fake) scores of the evaluated set
     return out
 
 # %% ../nbs/14_metrics.ipynb #fce022d8
+def _draw_strata(sizes, # lengths of consecutive blocks of samples, each resampled within itself
+                 n_boot:int, rng) -> np.ndarray:
+    "(n_boot, sum(sizes)) counts: each block of samples resampled with replacement to its own size (a block of 1 is fixed)."
+    sizes = np.asarray(sizes, np.int64); k = int(sizes.sum())
+    first = np.repeat(np.cumsum(sizes) - sizes, sizes)                  # each sample's block, by its first position
+    d = first + (rng.random((n_boot, k)) * np.repeat(sizes, sizes)).astype(np.int64)   # a uniform draw in the block
+    d += (np.arange(n_boot) * k)[:, None]
+    return np.bincount(d.ravel(), minlength=n_boot * k).reshape(n_boot, k)
+
 def breakdown(df:pd.DataFrame, # one row per sample with label, score and the grouping column
               by:str='generator', # generator | family | category | any column
               score:str='score', label:str='label',
               reals:str='all', # 'all': every real is a negative; 'same': only the reals of the same group
-              threshold:float=0.5, ci:bool=False, n_boot:int=1000, seed:int=0) -> pd.DataFrame:
-    "Per-group AUC, AP and fake accuracy of each group of fakes against the reals (optionally with 95% CIs)."
+              threshold:float=0.5, ci:bool=False, n_boot:int=1000, seed:int=0,
+              chunk:int=4_000_000) -> pd.DataFrame: # at most this many bootstrap weights at once
+    "Per-group AUC, AP and fake accuracy of each group of fakes against the reals (optionally with 95% CIs), all at once."
     for c in (by, score, label):
         if c not in df.columns:
             raise DflabError(f"breakdown: column '{c}' not in the predictions ({', '.join(df.columns)})")
-    fakes = df[df[label] == 1]
+    if reals not in ('all', 'same'): raise DflabError(f"breakdown: reals must be 'all' or 'same', got '{reals}'")
+    y, s = check_binary(df[label].to_numpy(), df[score].to_numpy(float), what=f'breakdown by {by}')
+    groups = pd.Index(df[by][y == 1].dropna().unique()).sort_values()
+    if len(groups) == 0: return pd.DataFrame()
+    G, code = len(groups), groups.get_indexer(df[by]).astype(np.int64)  # -1: not a group of fakes (or null)
+    rank = np.unique(s, return_inverse=True)[1].astype(np.int64).ravel(); K = int(rank.max()) + 1
+    sets = code if reals == 'same' else np.zeros_like(code)             # the reals each row is compared with
+    fi = np.flatnonzero((y == 1) & (code >= 0)); fi = fi[np.argsort(code[fi] * K + rank[fi], kind='stable')]
+    ri = np.flatnonzero((y == 0) & (sets >= 0)); ri = ri[np.argsort(sets[ri] * K + rank[ri], kind='stable')]
+    fk, rk, fs = code[fi] * K + rank[fi], sets[ri] * K + rank[ri], sets[fi] * K
+    start, end = np.searchsorted(rk, fs), np.searchsorted(rk, fs + K)   # each fake's reals: rk[start:end]
+    lo, hi = np.searchsorted(rk, fs + rank[fi], 'left'), np.searchsorted(rk, fs + rank[fi], 'right')
+    n_fake = np.bincount(code[fi], minlength=G); first = np.cumsum(n_fake) - n_fake
+    n_real = (end - start)[first]
+    if (n_real == 0).any():
+        raise DflabError(f"breakdown by {by}: no real images to compare group '{groups[int(np.argmax(n_real == 0))]}' with")
+    tp = (first + n_fake)[code[fi]] - np.searchsorted(fk, fk)           # the group's fakes at or above each fake
+    fp = end - lo                                                        # its reals at or above it
+    out = pd.DataFrame({by: groups, 'n_fake': n_fake, 'n_real': n_real,
+                        'auc': np.add.reduceat((lo - start) + (hi - lo) / 2, first) / (n_fake * n_real),
+                        'ap': np.add.reduceat(tp / (tp + fp), first) / n_fake,
+                        'fake_acc': np.add.reduceat((s[fi] >= threshold).astype(float), first) / n_fake})
+    if reals == 'same': out['real_acc'] = np.bincount(sets[ri], weights=s[ri] < threshold, minlength=G) / n_real
+    if ci:
+        rng, vals = np.random.default_rng(seed), []
+        blocks = np.bincount(sets[ri])                                   # the reals of each set, resampled within it
+        step = max(1, min(n_boot, chunk // (len(fi) + len(ri))))
+        for b in range(0, n_boot, step):
+            m = min(step, n_boot - b)
+            W1, W0 = _draw_strata(n_fake, m, rng), _draw_strata(blocks[blocks > 0], m, rng)
+            cum = np.hstack([np.zeros((m, 1)), np.cumsum(W0, 1, dtype=float)])
+            below2 = cum[:, lo] + cum[:, hi] - 2 * cum[:, start]          # 2 x (weighted reals below + half the ties)
+            vals.append(np.add.reduceat(W1 * below2, first, axis=1) / (2 * n_fake * n_real))
+        out['auc_lo'], out['auc_hi'] = np.percentile(np.vstack(vals), [2.5, 97.5], axis=0)
+    return out
+
+# %% ../nbs/14_metrics.ipynb #8d0a5c1e
+def _sk_metric(name:str):
+    "A metric computed by scikit-learn, as dflab's were before they read one sort (for `bench_metrics`)."
+    skm = _sk().metrics
+    def auc(y, s): fpr, tpr, _ = skm.roc_curve(y, s); return skm.auc(fpr, tpr)
+    return {'auc': auc, 'ap': skm.average_precision_score,
+            'eer': lambda y, s: _eer(*skm.roc_curve(y, s, drop_intermediate=False))[0]}[name]
+
+def bench_metrics(n:int=736, # predictions (the `small` benchmark's test split has 736)
+                  generators:int=10, families:int=4, n_boot:int=1000, seed:int=0,
+                  sklearn:bool=False) -> pd.DataFrame: # also time the per-replicate loop on scikit-learn's metrics
+    "Seconds of one evaluation's bootstrap intervals, one replicate at a time against every replicate at once."
+    import time
+    rng = np.random.default_rng(seed); n0 = n // 2; gen = rng.integers(0, generators, n - n0)
+    y = np.r_[np.zeros(n0, int), np.ones(n - n0, int)]
+    s = 1 / (1 + np.exp(-np.r_[rng.normal(-1, 1, n0), rng.normal(0.3 + 1.5 * gen / generators, 1)]))
+    df = pd.DataFrame({'label': y, 'score': s, 'generator': np.r_[['real'] * n0, [f'g{g}' for g in gen]],
+                       'family': np.r_[['real'] * n0, [f'f{g % families}' for g in gen]]})
+    own = {'auc': roc_auc, 'ap': average_precision, 'eer': lambda a, b: eer(a, b)[0],
+           'acc': lambda a, b: accuracy_at(a, b, 0.5)['acc'], 'acc_val': lambda a, b: accuracy_at(a, b, 0.4)['acc']}
+    sk = lambda k: _sk_metric(k) if k in ('auc', 'ap', 'eer') else own[k]    # accuracies never used scikit-learn
+    tasks = [('test set: AUC, AP, EER, 2 accuracies', {k: (k, y, s) for k in own},
+              lambda: bootstrap_detection(y, s, n_boot, seed=seed, thresholds={'acc': 0.5, 'acc_val': 0.4}))]
+    for by in ('generator', 'family'):     # each group's fakes against every real
+        jobs = {g: ('auc', np.r_[y[:n0], y[df[by] == g]], np.r_[s[:n0], s[df[by] == g]]) for g in sorted(set(df[by][n0:]))}
+        tasks.append((f'AUC per {by} ({len(jobs)} groups)', jobs,
+                      lambda by=by: {r[by]: (r.auc_lo, r.auc_hi)
+                                     for _, r in breakdown(df, by, ci=True, n_boot=n_boot, seed=seed).iterrows()}))
+    def timed(fn):
+        t0 = time.perf_counter(); out = fn(); return time.perf_counter() - t0, out
+    loop = lambda jobs, fn: {k: bootstrap_ci(fn(m), a, b, n_boot, seed=seed) for k, (m, a, b) in jobs.items()}
     rows = []
-    for g, part in fakes.groupby(by, sort=True, dropna=True):
-        neg = df[df[label] == 0] if reals == 'all' else df[(df[label] == 0) & (df[by] == g)]
-        if len(neg) == 0: raise DflabError(f"breakdown by {by}: no real images to compare group '{g}' with")
-        yy = np.r_[np.zeros(len(neg), int), np.ones(len(part), int)]
-        ss = np.r_[neg[score].to_numpy(float), part[score].to_numpy(float)]
-        r = {by: g, 'n_fake': len(part), 'n_real': len(neg), 'auc': roc_auc(yy, ss), 'ap': average_precision(yy, ss),
-             'fake_acc': float((part[score].to_numpy(float) >= threshold).mean())}
-        if reals == 'same': r['real_acc'] = float((neg[score].to_numpy(float) < threshold).mean())
-        if ci: r['auc_lo'], r['auc_hi'] = bootstrap_detection(yy, ss, n_boot, seed=seed, which=('auc',))['auc']
-        rows.append(r)
-    return pd.DataFrame(rows)
+    for name, jobs, fast in tasks:
+        t_loop, ref = timed(lambda: loop(jobs, own.get))
+        t_fast, got = timed(fast)
+        row = {'intervals': name, 'per_replicate_s': t_loop, 'vectorised_s': t_fast,
+               'max_bound_diff': max(abs(np.subtract(got[k], ref[k])).max() for k in jobs)}
+        if sklearn: row['sklearn_per_replicate_s'] = timed(lambda: loop(jobs, sk))[0]
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.loc[len(out)] = {'intervals': 'all of them', **out.drop(columns='intervals').sum(),
+                         'max_bound_diff': out.max_bound_diff.max()}
+    out['speed_up'] = out.per_replicate_s / out.vectorised_s
+    if sklearn: out['speed_up_sklearn'] = out.sklearn_per_replicate_s / out.vectorised_s
+    out.attrs.update(n=n, n_boot=n_boot)
+    return out
+
+def bench_main(argv=None):
+    "dflab bench metrics [--n 736] [--n-boot 1000] [--sklearn]"
+    import argparse, os, platform
+    p = argparse.ArgumentParser(prog='dflab bench metrics', description="Time an evaluation's bootstrap intervals "
+                                "one replicate at a time against every replicate at once.")
+    p.add_argument('--n', type=int, default=736, help='predictions (default 736, the small benchmark test split)')
+    p.add_argument('--generators', type=int, default=10)
+    p.add_argument('--families', type=int, default=4)
+    p.add_argument('--n-boot', type=int, default=1000, help='bootstrap replicates')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--sklearn', action='store_true', help="also time the per-replicate loop on scikit-learn's metrics")
+    a = p.parse_args(argv)
+    df = bench_metrics(a.n, a.generators, a.families, a.n_boot, a.seed, a.sklearn)
+    print(f"dflab bench metrics: {a.n} predictions, {a.n_boot} replicates, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    sk = 'sklearn_per_replicate_s' in df
+    print(f"{'intervals':<40}" + (f"{'sklearn/rep s':>14}" if sk else '') +
+          f"{'per rep s':>10}{'vector s':>10}{'speed-up':>10}" + (f"{'vs sklearn':>11}" if sk else '') + f"{'max |diff|':>11}")
+    for r in df.itertuples():
+        print(f"{r.intervals:<40}" + (f"{r.sklearn_per_replicate_s:>14.2f}" if sk else '') +
+              f"{r.per_replicate_s:>10.2f}{r.vectorised_s:>10.3f}{r.speed_up:>9.0f}x" +
+              (f"{r.speed_up_sklearn:>10.0f}x" if sk else '') + f"{r.max_bound_diff:>11.4f}")
+    return 0
 
 # %% ../nbs/14_metrics.ipynb #34f1f208
 def _check_ident(y, scores=None, pred=None):

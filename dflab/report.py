@@ -4,12 +4,12 @@
 
 # %% ../nbs/15_report.ipynb #77987952
 from __future__ import annotations
-import io, json, math
+import functools, io, json, math
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import DflabError, atomic_write
-from .metrics import roc_points, detection_metrics, breakdown, average_precision, roc_auc, check_binary
+from .metrics import roc_points, pr_points, detection_metrics, breakdown, average_precision, roc_auc, check_binary
 
 # %% auto #0
 __all__ = ['QUANTILES', 'GROUPINGS', 'write_json', 'write_csv', 'save_figure', 'plot_roc', 'plot_pr', 'plot_score_hist',
@@ -43,61 +43,79 @@ def save_figure(fig, path, dpi:int=120) -> Path:
     return Path(path)
 
 # %% ../nbs/15_report.ipynb #29a485cb
+_DEEP = ['#4C72B0', '#DD8452', '#55A868', '#C44E52', '#8172B3', '#937860', '#DA8BC3', '#8C8C8C', '#CCB974', '#64B5CD']
+_RC = {'font.size': 12, 'axes.labelsize': 12, 'axes.titlesize': 12, 'xtick.labelsize': 11, 'ytick.labelsize': 11,
+       'legend.fontsize': 11, 'legend.title_fontsize': 12, 'legend.frameon': True}   # seaborn 0.13's notebook context
+
+def _styled(draw):
+    "Draw a figure in seaborn's whitegrid/notebook style and 'deep' palette, as matplotlib ships them (no seaborn)."
+    @functools.wraps(draw)
+    def inner(*args, **kw):
+        import matplotlib, matplotlib.style
+        with matplotlib.style.context(['seaborn-v0_8-whitegrid', 'seaborn-v0_8-notebook',
+                                       {**_RC, 'axes.prop_cycle': matplotlib.cycler(color=_DEEP)}]):
+            return draw(*args, **kw)
+    return inner
+
 def _fig(w=5.0, h=4.0):
     from matplotlib.figure import Figure
-    import seaborn as sns
-    sns.set_theme(style='whitegrid', context='notebook')
     fig = Figure(figsize=(w, h)); return fig, fig.add_subplot()
 
+@_styled
 def plot_roc(curves:dict, # name -> (labels, scores)
              title:str='ROC curve'):
     "ROC curves with their AUC in the legend; returns a matplotlib Figure."
-    import seaborn as sns
     fig, ax = _fig()
     for name, (y, s) in curves.items():
         fpr, tpr, _ = roc_points(y, s)
-        sns.lineplot(x=fpr, y=tpr, ax=ax, label=f"{name} (AUC {roc_auc(y, s):.3f})", drawstyle='steps-post',
-                     errorbar=None, sort=False)
+        ax.plot(fpr, tpr, drawstyle='steps-post', label=f"{name} (AUC {roc_auc(y, s):.3f})")
     ax.plot([0, 1], [0, 1], ls='--', c='grey', lw=1)
     ax.set(xlabel='false positive rate', ylabel='true positive rate', title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend()
     return fig
 
 # %% ../nbs/15_report.ipynb #01239ff4
+@_styled
 def plot_pr(curves:dict, title:str='Precision-recall curve'):
-    "Precision-recall curves (scikit-learn's `precision_recall_curve`) with average precision in the legend."
-    import seaborn as sns
+    "Precision-recall curves (`dflab.metrics.pr_points`) with average precision in the legend."
     fig, ax = _fig()
     for name, (y, s) in curves.items():
-        y, s = check_binary(y, s, need_both=True, what='PR curve')
-        precision, recall, _ = __import__("sklearn.metrics").metrics.precision_recall_curve(y, s)
-        sns.lineplot(x=recall[::-1], y=precision[::-1], ax=ax, drawstyle='steps-post',
-                     label=f"{name} (AP {average_precision(y, s):.3f})", errorbar=None, sort=False)
+        precision, recall, _ = pr_points(y, s)
+        ax.plot(recall, precision, drawstyle='steps-post', label=f"{name} (AP {average_precision(y, s):.3f})")
     ax.set(xlabel='recall', ylabel='precision', title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend()
     return fig
 
 # %% ../nbs/15_report.ipynb #96884096
+@_styled
 def plot_score_hist(df:pd.DataFrame, score:str='score', by:str='generator', threshold:float|None=0.5,
                     title:str='Scores by generator'):
     "Histogram of scores for each value of `by` (reals and each generator), with the decision threshold."
-    import seaborn as sns
     fig, ax = _fig(6, 4)
-    sns.histplot(data=df, x=score, hue=by, bins=30, element='step', stat='density', common_norm=False, ax=ax)
+    edges = np.histogram_bin_edges(df[score].to_numpy(float), bins=30)      # one set of bins for every group
+    for i, (g, part) in enumerate(df.groupby(by, sort=False)):             # groups in order of appearance
+        h, c = np.histogram(part[score].to_numpy(float), bins=edges, density=True)[0], _DEEP[i % len(_DEEP)]
+        ax.stairs(h, edges, fill=True, alpha=0.25, color=c)
+        ax.stairs(h, edges, color=c, lw=1.5, label=str(g))
     if threshold is not None: ax.axvline(threshold, c='k', ls='--', lw=1)
-    ax.set(title=title, xlabel='score (P(fake))')
+    ax.set(title=title, xlabel='score (P(fake))', ylabel='density')
+    ax.legend(title=by)
     return fig
 
 # %% ../nbs/15_report.ipynb #ee2ea227
+@_styled
 def plot_breakdown(table:pd.DataFrame, by:str='generator', metric:str='auc', title:str|None=None):
     "Bar chart of a per-group metric, with bootstrap 95% intervals when the table has `<metric>_lo/_hi`."
-    import seaborn as sns
     fig, ax = _fig(max(4, 0.6 * len(table) + 2), 3.5)
-    sns.barplot(data=table, x=by, y=metric, ax=ax, color='C0', errorbar=None)
+    x, v = np.arange(len(table)), table[metric].to_numpy(float)
+    ax.bar(x, v, width=0.8, color=_DEEP[0])
     if f'{metric}_lo' in table:
-        v = table[metric].to_numpy(); err = np.vstack([v - table[f'{metric}_lo'], table[f'{metric}_hi'] - v])
-        ax.errorbar(np.arange(len(table)), v, yerr=err, fmt='none', c='k', capsize=3)
+        err = np.vstack([v - table[f'{metric}_lo'], table[f'{metric}_hi'] - v])
+        ax.errorbar(x, v, yerr=err, fmt='none', c='k', capsize=3, capthick=1.5)
     ax.axhline(0.5, c='grey', ls='--', lw=1)
-    ax.set(ylim=(0, 1.02), ylabel=metric.upper(), title=title or f'{metric.upper()} per {by} (fakes vs reals)')
-    ax.tick_params(axis='x', rotation=30)
+    ax.set_xticks(x, [str(g) for g in table[by]], rotation=30)
+    ax.grid(axis='x', visible=False)
+    ax.set(ylim=(0, 1.02), xlabel=by, ylabel=metric.upper(), title=title or f'{metric.upper()} per {by} (fakes vs reals)')
     return fig
 
 # %% ../nbs/15_report.ipynb #129cb54e

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage
 
 from .core import DflabError, atomic_write, cache_dir, get_logger
 
@@ -146,6 +145,7 @@ def decoder_tile(g:Generator) -> np.ndarray:
 # %% ../nbs/05_synth.ipynb #62733976
 def _upsample2_tconv(lo:np.ndarray, k:np.ndarray) -> np.ndarray:
     "Stride-2 transposed convolution of (h, w, 3) with the 4x4 kernel `k`: zero insertion, then convolution."
+    from scipy import ndimage      # here, not at import: reading a built benchmark (every training run) needs no scipy
     up = np.zeros((lo.shape[0]*2, lo.shape[1]*2, 3), np.float64)
     up[::2, ::2] = lo
     return ndimage.convolve(up, k[..., None], mode='mirror')
@@ -155,6 +155,7 @@ def apply_generator(g:Generator, # the generator
                     rng:np.random.Generator # draws the residual noise
                    ) -> np.ndarray:
     "Pass `img` through `g`'s pipeline; returns uint8 RGB of the same size, exactly grey if `img` is."
+    from scipy import ndimage
     x = img.astype(np.float64) / 255
     mono = bool((img == img[..., :1]).all())   # monochrome content (R = G = B) stays monochrome
     s, f = x.shape[0], g.factor

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_train.ipynb #75061ef6
 from __future__ import annotations
-import argparse, hashlib, json, math, os, shutil, time
+import argparse, contextlib, hashlib, json, math, os, shutil, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -26,8 +26,8 @@ from .report import write_csv, write_evaluation, write_json
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'SPLITS', 'DataConfig', 'ModelConfig', 'OptimConfig', 'TrainRunConfig', 'load_manifest', 'split_column',
-           'make_splits', 'manifest_digest', 'Trainer', 'train', 'configs_dir', 'list_configs', 'config_path',
-           'train_main']
+           'make_splits', 'manifest_digest', 'LeanAdamW', 'Trainer', 'train', 'configs_dir', 'list_configs',
+           'config_path', 'train_main']
 
 # %% ../nbs/13_train.ipynb #4ff0cfcd
 @dataclass
@@ -70,6 +70,8 @@ class OptimConfig:
     threshold: str = 'balanced'         # how the decision threshold is chosen on validation
     mixed_precision: str = 'auto'       # auto (dflab.core policy) | no | fp16 | bf16
     num_workers: int = checked(0, at_least(0))
+    checkpoint_every: int|None = checked(None, positive)   # resume points every N epochs besides best and last;
+                                                          # null: every epoch with images, every 10 on cached features
     n_boot: int = checked(1000, at_least(0))                  # bootstrap replicates for test intervals (0 = none)
     plots: bool = True                  # ROC/PR/score/breakdown PNGs in the run directory
     progress: bool = True               # tqdm progress bar
@@ -168,6 +170,52 @@ def manifest_digest(df:pd.DataFrame) -> str:
     cols = [c for c in ('path', 'label', 'generator', 'sha256', 'split') if c in df]
     return hashlib.sha256(df[cols].astype(str).to_csv(index=False).encode()).hexdigest()
 
+# %% ../nbs/13_train.ipynb #ca6d3241
+class LeanAdamW:
+    "torch.optim.AdamW's update (its function `torch.optim.adamw.adamw`) without the `Optimizer` class, for a lone process."
+    # An Optimizer's first use imports torch._dynamo: two seconds, most of a run's start-up on cached features.
+    # The state dict has torch's format, so checkpoints load into either class.
+    def __init__(self, params, lr:float=1e-3, betas=(0.9, 0.999), eps:float=1e-8, weight_decay:float=1e-2):
+        self.params = list(params)
+        self.param_groups = [{'params': self.params, 'lr': lr, 'betas': tuple(betas), 'eps': eps,
+                              'weight_decay': weight_decay, 'amsgrad': False, 'maximize': False, 'foreach': None,
+                              'capturable': False, 'differentiable': False, 'fused': None, 'decoupled_weight_decay': True}]
+        self.state = {}
+
+    def zero_grad(self, set_to_none:bool=True):
+        for p in self.params:
+            if set_to_none: p.grad = None
+            elif p.grad is not None: p.grad.detach_().zero_()
+
+    @torch.no_grad()
+    def step(self):
+        from torch.optim.adamw import adamw
+        g = self.param_groups[0]; ps = [p for p in self.params if p.grad is not None]
+        scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32   # as torch keeps `step`
+        st = [self.state.setdefault(p, {'step': torch.tensor(0.0, dtype=scalar),
+                                        'exp_avg': torch.zeros_like(p, memory_format=torch.preserve_format),
+                                        'exp_avg_sq': torch.zeros_like(p, memory_format=torch.preserve_format)}) for p in ps]
+        adamw(ps, [p.grad for p in ps], [s['exp_avg'] for s in st], [s['exp_avg_sq'] for s in st], [], [s['step'] for s in st],
+              foreach=g['foreach'], fused=g['fused'], has_complex=any(torch.is_complex(p) for p in ps), amsgrad=False,
+              beta1=g['betas'][0], beta2=g['betas'][1], lr=g['lr'], weight_decay=g['weight_decay'], eps=g['eps'],
+              maximize=False)
+
+    def state_dict(self) -> dict:
+        pos = {p: i for i, p in enumerate(self.params)}
+        return {'state': {pos[p]: dict(s) for p, s in self.state.items()},
+                'param_groups': [{**{k: v for k, v in self.param_groups[0].items() if k != 'params'},
+                                  'params': list(range(len(self.params)))}]}
+
+    def load_state_dict(self, sd:dict):
+        if len(sd['param_groups']) != 1 or len(sd['param_groups'][0]['params']) != len(self.params):
+            raise DflabError(f"optimizer state for {[len(g['params']) for g in sd['param_groups']]} parameters, "
+                             f"expected one group of {len(self.params)}")
+        g = {k: v for k, v in sd['param_groups'][0].items() if k != 'params'}
+        self.param_groups[0].update(g, betas=tuple(g.get('betas', self.param_groups[0]['betas'])))
+        order = sd['param_groups'][0]['params']
+        self.state = {self.params[order.index(int(i))]: {k: v if k == 'step' else v.to(self.params[order.index(int(i))])
+                                                         for k, v in s.items()} for i, s in sd['state'].items()}
+
 # %% ../nbs/13_train.ipynb #af4d3e2a
 class Trainer:
     "Train and evaluate one detector from a `TrainRunConfig`, on one process or under `accelerate launch`."
@@ -176,7 +224,7 @@ class Trainer:
                  manifest:pd.DataFrame|None=None, # use this manifest instead of cfg.data's
                  features:torch.Tensor|None=None, # precomputed (N, D) features aligned with the manifest
                  backbone=None, # an already loaded backbone (else cfg.model.backbone is loaded)
-                 callbacks=()): # fn(trainer, epoch, logs) called after each epoch's checkpoint
+                 callbacks=()): # fn(trainer, epoch, logs) called after each epoch (and its checkpoint, if any)
         from accelerate import Accelerator
         from accelerate.utils import broadcast_object_list
         check_config(cfg)                                   # every value in range, before a run directory exists
@@ -192,6 +240,7 @@ class Trainer:
         device = pick_device(cfg.run.device)
         self.acc = Accelerator(cpu=device.type == 'cpu', mixed_precision=_mixed_precision(t.mixed_precision, device))
         self.main = self.acc.is_main_process
+        self._autocast = contextlib.nullcontext if self.acc.mixed_precision == 'no' else self.acc.autocast
         # the run directory: created (or reopened) by the main process, its path shared with the others
         path = [None]
         if self.main:
@@ -270,9 +319,14 @@ def _meta(self:Trainer, **extra) -> dict:
     m = self.cfg.model
     return {'backbone': m.backbone, 'layer': m.layer, 'cached': m.cached, **extra}
 
+def _seen() -> bool:
+    "Whether a progress bar would be seen: stderr is a terminal, or this runs in a Jupyter kernel."
+    return sys.stderr.isatty() or 'ipykernel' in sys.modules
+
 @patch
 def _progress(self:Trainer, it, desc):
-    if not (self.cfg.train.progress and self.main): return it
+    "`it` with a tqdm bar if progress is on and someone can see it; else `it` itself (no tqdm, no bar, no cost)."
+    if not (self.cfg.train.progress and self.main and _seen()): return it
     from tqdm.auto import tqdm
     return tqdm(it, desc=desc, leave=False)
 
@@ -281,18 +335,20 @@ def _progress(self:Trainer, it, desc):
 @torch.no_grad()
 def predict(self:Trainer, model, ds, desc='eval') -> pd.DataFrame:
     "Scores of every sample of `ds`, gathered across processes, one row per manifest index."
-    from accelerate.utils import gather_object
     model.eval(); idx, sc, loss = [], [], []
     for b in self._progress(self._loader(ds, train=False), desc):
         x, y = _inputs(b).to(self.acc.device), b['label'].to(self.acc.device)
-        with self.acc.autocast(): logits = model(x)
+        with self._autocast(): logits = model(x)
         s = Detector.scores(logits.float())
         sc.append(s.double().cpu().numpy()); idx.append(b['index'].numpy())   # float64: CSVs round-trip exactly
         bce = torch.nn.functional.binary_cross_entropy(s.clamp(1e-7, 1 - 1e-7), y.float(), reduction='none')
         loss.append(bce.cpu().numpy())
     cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)
     part = [(cat(idx, int), cat(sc, float), cat(loss, float))]
-    parts = gather_object(part) if self.acc.num_processes > 1 else part
+    if self.acc.num_processes > 1:
+        from accelerate.utils import gather_object
+        parts = gather_object(part)
+    else: parts = part
     i, s, l = (np.concatenate([p[k] for p in parts]) for k in range(3))
     i, first = np.unique(i, return_index=True)        # DistributedSampler pads by repeating samples: keep each once
     expected = np.sort(np.asarray(ds.indices))
@@ -307,7 +363,7 @@ def predictions_table(self:Trainer, p:pd.DataFrame, threshold:float) -> pd.DataF
     meta = self.manifest.iloc[p['index'].to_numpy()]
     out = pd.DataFrame({'index': p['index'].to_numpy(), 'path': meta.path.astype(str).to_numpy(),
                         'label': p.label.to_numpy()})
-    for c in ('generator', 'family', 'category'):
+    for c in ('generator', 'family', 'category', 'video'):
         if c in meta and meta[c].notna().any(): out[c] = meta[c].astype(object).where(meta[c].notna(), None).to_numpy()
     out['score'] = p.score.to_numpy(); out['pred'] = (out.score >= threshold).astype(int)
     return out
@@ -329,9 +385,8 @@ def _better(self:Trainer, v:dict, best) -> bool:
 
 # %% ../nbs/13_train.ipynb #a63570e9
 @patch
-def _save_checkpoint(self:Trainer, model, opt, state:dict, **extra) -> Path:
+def _save_checkpoint(self:Trainer, det:Detector, opt, state:dict, **extra) -> Path:
     from safetensors.torch import save
-    det = self.acc.unwrap_model(model)
     tensors, meta = optimizer_to_flat(opt.optimizer if hasattr(opt, 'optimizer') else opt)
     def fill(d):
         save_detector(det, d, extra=self._meta(epoch=state['epoch'], **extra))
@@ -363,14 +418,40 @@ def _repair(self:Trainer, state:dict):
         have = (self.run/name/'detector.json').is_file() and read_detector_meta(self.run/name).get('epoch') == ep
         if not have: self._publish(self.run.checkpoints/f'epoch-{ep}', name)
 
+# %% ../nbs/13_train.ipynb #5e7d2c90
+@patch
+def _checkpoint(self:Trainer, det:Detector, opt, state:dict, vp:pd.DataFrame, improved:bool):
+    "Write `checkpoints/epoch-N`, publish it to best/ and final/ as due, and history and TensorBoard up to it."
+    t = self.cfg.train
+    thr = choose_threshold(vp.label, vp.score, t.threshold)            # on validation, stored with the weights
+    ck = self._save_checkpoint(det, opt, state, threshold=thr, val=state['history'][-1])
+    if improved: self._publish(ck, 'best')
+    if state['stopped']: self._publish(ck, 'final')
+    with no_fsync(): write_csv(pd.DataFrame(state['history']), self.run/'history.csv')   # also in the state
+    if not t.tensorboard: return
+    if self._tb is None:
+        from torch.utils.tensorboard import SummaryWriter
+        self._tb = SummaryWriter(str(self.run/'tensorboard'))
+    for h in state['history'][self._tb_logged:]:                      # each epoch once, also across a resume
+        for k, v in h.items():
+            if k != 'epoch': self._tb.add_scalar(k, v, h['epoch'])
+    self._tb.flush(); self._tb_logged = len(state['history'])
+
+# %% ../nbs/13_train.ipynb #0b9f4d61
+@patch
+def _plain(self:Trainer) -> bool:
+    "Whether accelerate's wrappers would do nothing here: one process, no mixed precision, no torch.compile."
+    a = self.acc
+    return a.num_processes == 1 and a.mixed_precision == 'no' and a.state.dynamo_plugin.backend.value == 'NO'
+
 # %% ../nbs/13_train.ipynb #42929028
 @patch
 def fit(self:Trainer) -> Run:
     "Train (resuming from the last complete checkpoint if the run was reopened); returns the run."
     cfg, t = self.cfg, self.cfg.train
-    det = self.detector
+    det, dev, plain = self.detector, self.acc.device, self._plain()
     params = [p for p in det.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    opt = (LeanAdamW if plain else torch.optim.AdamW)(params, lr=t.lr, weight_decay=t.weight_decay)
     state = {'epoch': 0, 'step': 0, 'best': None, 'best_epoch': None, 'bad_epochs': 0, 'history': []}
     ck = latest_checkpoint(self.run.path) if self.run.resumed else None
     if ck is not None:
@@ -384,10 +465,12 @@ def fit(self:Trainer) -> Run:
     if state.get('stopped') or state['epoch'] >= t.epochs:
         if self.main: self.log.info("training already complete")
         return self.run
-    model, opt = self.acc.prepare(det, opt)
+    if plain: model, backward, clip = det.to(dev), torch.Tensor.backward, torch.nn.utils.clip_grad_norm_
+    else: (model, opt), backward, clip = self.acc.prepare(det, opt), self.acc.backward, self.acc.clip_grad_norm_
     train_ds, val_ds = self._dataset('train'), self._dataset('val')
     steps = len(self._loader(train_ds, True)); total = steps * t.epochs; warm = int(round(t.warmup_epochs * steps))
-    tb = None     # the TensorBoard writer, opened after the first epoch (its import costs a second of start-up)
+    every = t.checkpoint_every or (10 if cfg.model.cached else 1)
+    self._tb, self._tb_logged = None, len(state['history'])   # TensorBoard: opened at the first checkpoint
     wb = None
     if self.main and t.wandb:
         try: import wandb
@@ -406,15 +489,16 @@ def fit(self:Trainer) -> Run:
         model.train(); losses = []
         for b in self._progress(self._loader(train_ds, True, epoch), f'epoch {epoch}'):
             for g in opt.param_groups: g['lr'] = t.lr * _lr_factor(state['step'], total, warm, t.schedule)
-            x, y = _inputs(b).to(self.acc.device), b['label'].to(self.acc.device)
-            with self.acc.autocast(): loss = Detector.loss(model(x).float(), y)
+            x, y = _inputs(b).to(dev), b['label'].to(dev)
+            with self._autocast(): loss = Detector.loss(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
-            self.acc.backward(loss)
-            if t.grad_clip: self.acc.clip_grad_norm_(model.parameters(), t.grad_clip)
-            opt.step(); state['step'] += 1; losses.append(loss.item())
+            backward(loss)
+            if t.grad_clip: clip(params, t.grad_clip)
+            opt.step(); state['step'] += 1; losses.append(loss.detach())
         vp = self.predict(model, val_ds, 'val')
-        mean_loss = torch.tensor(float(np.mean(losses)), device=self.acc.device)
-        train_loss = self.acc.reduce(mean_loss, 'mean').item()             # averaged over processes
+        train_loss = float(np.mean(torch.stack(losses).tolist()))
+        if self.acc.num_processes > 1:                                    # averaged over processes
+            train_loss = self.acc.reduce(torch.tensor(train_loss, device=dev), 'mean').item()
         logs = {'epoch': epoch, 'train_loss': train_loss, **self._val_value(vp), 'lr': opt.param_groups[0]['lr'],
                 'seconds': time.time() - t0}
         state['history'].append(logs); state['epoch'] = epoch
@@ -424,21 +508,11 @@ def fit(self:Trainer) -> Run:
         stop = t.patience is not None and state['bad_epochs'] >= t.patience
         state['stopped'] = bool(stop or epoch == t.epochs)
         if self.main:
-            thr = choose_threshold(vp.label, vp.score, t.threshold)   # on validation, stored with the weights
-            ck = self._save_checkpoint(model, opt, state, threshold=thr, val=logs)
-            if improved: self._publish(ck, 'best')
-            if state['stopped']: self._publish(ck, 'final')
-            with no_fsync(): write_csv(pd.DataFrame(state['history']), self.run/'history.csv')   # also in the state
+            if improved or state['stopped'] or epoch % every == 0:        # a checkpoint only when it changes something
+                self._checkpoint(det, opt, state, vp, improved)
             self.log.info(f"epoch {epoch}: train loss {logs['train_loss']:.4f}, val loss {logs['val_loss']:.4f}, "
                           f"val AUC {logs['val_auc']:.4f}"
                           f"{' (best)' if improved else ''} [{logs['seconds']:.1f}s]")
-            if t.tensorboard and tb is None:
-                from torch.utils.tensorboard import SummaryWriter
-                tb = SummaryWriter(str(self.run/'tensorboard'))
-            if tb:
-                for k, v in logs.items():
-                    if k != 'epoch': tb.add_scalar(k, v, epoch)
-                tb.flush()
             if wb: wb.log(logs, step=epoch)
         self.acc.wait_for_everyone()
         for cb in self.callbacks: cb(self, epoch, logs)
@@ -446,9 +520,8 @@ def fit(self:Trainer) -> Run:
             if self.main:
                 self.log.info(f"early stopping after epoch {epoch}: no validation improvement for {t.patience} epochs")
             break
-    if tb: tb.close()
+    if self._tb: self._tb.close()
     if wb: wb.finish()
-    self.detector = self.acc.unwrap_model(model)
     return self.run
 
 # %% ../nbs/13_train.ipynb #7c0ebcdd

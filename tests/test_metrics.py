@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from dflab.core import DflabError
-from dflab.metrics import (THRESHOLD_CRITERIA, accuracy_at, choose_threshold, detection_metrics, eer, roc_auc,
-                           bootstrap_ci)
+from dflab.metrics import (THRESHOLD_CRITERIA, accuracy_at, average_precision, bootstrap_ci, bootstrap_detection,
+                           breakdown, choose_threshold, detection_metrics, eer, pr_points, roc_auc, roc_points)
 from dflab.report import write_evaluation
 
 def sig(x): return 1 / (1 + np.exp(-x))
@@ -122,6 +122,57 @@ def test_bootstrap_is_stratified_and_reproducible():
     assert bootstrap_ci(roc_auc, y, s, n_boot=30, seed=2) == bootstrap_ci(roc_auc, y, s, n_boot=30, seed=2)
     lo, hi = bootstrap_ci(roc_auc, y, s, n_boot=200)
     assert lo < roc_auc(y, s) < hi
+
+# --- one sort instead of scikit-learn, every replicate and every group at once instead of a loop --------------------
+
+@pytest.mark.parametrize('seed', range(4))
+def test_curves_equal_scikit_learns(seed):
+    from sklearn import metrics as skm
+    rng = np.random.default_rng(seed)
+    n = 300; y = rng.integers(0, 2, n); y[:2] = [0, 1]
+    s = rng.integers(0, 20, n) / 20 if seed % 2 else rng.normal(size=n) + y      # with and without ties
+    for a, b in zip(roc_points(y, s), skm.roc_curve(y, s, drop_intermediate=False)): np.testing.assert_array_equal(a, b)
+    p, r, t = pr_points(y, s); P, R, T = skm.precision_recall_curve(y, s)
+    np.testing.assert_array_equal(p[1:], P[:-1][::-1]); np.testing.assert_array_equal(r[1:], R[:-1][::-1])
+    assert roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+    assert average_precision(y, s) == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
+
+def test_vectorised_intervals_match_the_per_replicate_bootstrap():
+    "bootstrap_detection (every replicate at once) against bootstrap_ci (one metric call per replicate, through "
+    "scipy.stats.bootstrap), both seeded: the same intervals up to Monte-Carlo noise."
+    y, s = data('prob', 300, 240, seed=4)
+    fast = bootstrap_detection(y, s, n_boot=2000, seed=0, thresholds={'acc': 0.5, 'acc_val': 0.7})
+    slow = {'auc': bootstrap_ci(roc_auc, y, s, 2000, seed=1), 'ap': bootstrap_ci(average_precision, y, s, 2000, seed=1),
+            'eer': bootstrap_ci(lambda a, b: eer(a, b)[0], y, s, 2000, seed=1),
+            'acc': bootstrap_ci(lambda a, b: accuracy_at(a, b, 0.5)['acc'], y, s, 2000, seed=1),
+            'acc_val': bootstrap_ci(lambda a, b: accuracy_at(a, b, 0.7)['acc'], y, s, 2000, seed=1)}
+    for k, (lo, hi) in slow.items():
+        assert fast[k][0] == pytest.approx(lo, abs=0.012) and fast[k][1] == pytest.approx(hi, abs=0.012), (k, fast[k], slow[k])
+        assert fast[k][1] - fast[k][0] == pytest.approx(hi - lo, rel=0.15), k                   # and as wide
+    assert bootstrap_detection(y, s, n_boot=200, seed=3) == bootstrap_detection(y, s, n_boot=200, seed=3)
+
+@pytest.mark.parametrize('reals', ['all', 'same'])
+def test_breakdown_matches_one_group_at_a_time(reals):
+    "Every group at once equals each group's own roc_auc / average_precision, and its bootstrap_ci within noise."
+    rng = np.random.default_rng(7)
+    gen = np.r_[np.full(300, 'real'), np.repeat(['gan', 'ldm', 'vq'], 90)]
+    y = (gen != 'real').astype(int)
+    shift = {'real': 0.0, 'gan': 1.5, 'ldm': 0.8, 'vq': 0.3}
+    s = np.round(np.array([rng.normal(shift[g], 1) for g in gen]), 1)          # rounded: ties within and across groups
+    cat = rng.choice(['car', 'cat'], len(y))
+    df = pd.DataFrame({'label': y, 'score': s, 'generator': gen, 'category': cat})
+    by = 'generator' if reals == 'all' else 'category'
+    got = breakdown(df, by=by, reals=reals, ci=True, n_boot=2000, seed=0)
+    for r in got.itertuples():
+        g = getattr(r, by)
+        neg = df[(df.label == 0) & ((df[by] == g) if reals == 'same' else True)]
+        pos = df[(df.label == 1) & (df[by] == g)]
+        yy, ss = np.r_[np.zeros(len(neg), int), np.ones(len(pos), int)], np.r_[neg.score, pos.score]
+        assert (r.n_fake, r.n_real) == (len(pos), len(neg))
+        assert r.auc == pytest.approx(roc_auc(yy, ss), abs=1e-12) and r.ap == pytest.approx(average_precision(yy, ss), abs=1e-12)
+        assert r.fake_acc == pytest.approx((pos.score >= 0.5).mean())
+        lo, hi = bootstrap_ci(roc_auc, yy, ss, 2000, seed=1)
+        assert r.auc_lo == pytest.approx(lo, abs=0.015) and r.auc_hi == pytest.approx(hi, abs=0.015), (g, r, lo, hi)
 
 # --- write_evaluation: the threshold it is given, end to end ------------------------------------------------------
 

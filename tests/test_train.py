@@ -105,24 +105,36 @@ def test_shipped_configs_load_and_run_on_the_benchmark():
         assert c.model.detector in list_detectors(), n
         assert all(len(v) for v in make_splits(benchmark_manifest('tiny'), c.data).values()), n
 
-def test_bench_train_prints_both_paths():
+def test_bench_train_prints_every_path():
     r = sh('bench', 'train', '--scale', 'tiny', '--epochs', '2', '--threads', '1')
     assert r.returncode == 0, r.stderr
     rows = [l for l in r.stdout.splitlines() if l.startswith(('recompute', 'cached'))]
     assert len(rows) == 3, r.stdout
     auc = [float(l.split()[-1]) for l in rows]
     assert max(auc) - min(auc) < 0.02, r.stdout
+    bare = [l for l in r.stdout.splitlines() if l.startswith('bare PyTorch loop')]      # the fourth row: the limit
+    assert len(bare) == 1 and 0.5 < float(bare[0].split()[-1]) <= 1, r.stdout
+    for l in rows + bare:                                       # start-up, epochs, evaluation and their sum, per path
+        start, epochs, ev, wall = map(float, l.split()[-6:-2])
+        assert min(start, epochs, ev) >= 0 and wall == pytest.approx(start + epochs + ev, abs=0.02), l
 
-def test_warm_cache_training_never_imports_open_clip(tmp_path):
-    "Training on cached features with a warm cache knows the backbone from its cache record and never loads it."
+HEAVY = ('open_clip', 'torchvision', 'transformers', 'diffusers', 'peft', 'seaborn', 'matplotlib', 'sklearn', 'torch._dynamo')
+
+def test_warm_cache_training_imports_no_heavy_library(tmp_path):
+    "Training and evaluating on cached features with a warm cache knows the backbone from its cache record and imports "
+    "no backbone library, scikit-learn, seaborn or torch._dynamo; matplotlib only when it draws the plots."
     cfg = write_cfg(tmp_path/'c.yaml', tmp_path, 'warm', epochs=1)
     y = yaml.safe_load(cfg.read_text()); y['model']['detector'] = 'prompt-adapter'; cfg.write_text(yaml.safe_dump(y))
-    code = ("import sys; from dflab.cli import main; rc = main(['train', '--config', sys.argv[1], 'run.name=' + sys.argv[2]]); "
-            "print('open_clip' in sys.modules, 'torchvision' in sys.modules); sys.exit(rc)")
-    cold = subprocess.run([sys.executable, '-c', code, str(cfg), 'cold'], capture_output=True, text=True, env=ENV, timeout=600)
-    assert cold.returncode == 0, cold.stderr[-2000:]                      # (this run fills the cache if needed)
-    warm = subprocess.run([sys.executable, '-c', code, str(cfg), 'warm'], capture_output=True, text=True, env=ENV, timeout=600)
-    assert warm.returncode == 0, warm.stderr[-2000:]
-    assert warm.stdout.strip().splitlines()[-1] == 'False False', warm.stdout   # neither open_clip nor torchvision
-    a = json.loads((tmp_path/'cold'/'test_metrics.json').read_text()); b = json.loads((tmp_path/'warm'/'test_metrics.json').read_text())
+    code = ("import json, sys; from dflab.cli import main; rc = main(['train', '--config', *sys.argv[1:]]); "
+            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules])); sys.exit(rc)")
+    def imported(*overrides):
+        r = subprocess.run([sys.executable, '-c', code, str(cfg), *overrides], capture_output=True, text=True, env=ENV,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    imported('run.name=cold')                                   # (this run fills the cache if needed)
+    assert imported('run.name=warm') == []
+    assert imported('run.name=plots', 'train.plots=true') == ['matplotlib']
+    assert (tmp_path/'plots'/'roc_curve.png').exists()
+    a, b = (json.loads((tmp_path/n/'test_metrics.json').read_text()) for n in ('cold', 'warm'))
     assert a['auc'] == b['auc'] and a['val_threshold'] == b['val_threshold']      # and learns exactly the same
