@@ -26,8 +26,8 @@ from .report import write_csv, write_evaluation, write_json
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'SPLITS', 'DataConfig', 'ModelConfig', 'OptimConfig', 'TrainRunConfig', 'load_manifest', 'split_column',
-           'make_splits', 'manifest_digest', 'LeanAdamW', 'Trainer', 'train', 'configs_dir', 'list_configs',
-           'config_path', 'train_main']
+           'make_splits', 'manifest_digest', 'LeanAdamW', 'open_run', 'record_data', 'Trainer', 'train', 'configs_dir',
+           'list_configs', 'config_path', 'train_main']
 
 # %% ../nbs/13_train.ipynb #4ff0cfcd
 @dataclass
@@ -216,6 +216,33 @@ class LeanAdamW:
         self.state = {self.params[order.index(int(i))]: {k: v if k == 'step' else v.to(self.params[order.index(int(i))])
                                                          for k, v in s.items()} for i, s in sd['state'].items()}
 
+# %% ../nbs/13_train.ipynb #2fcb828d
+def open_run(acc, # the run's `accelerate.Accelerator`
+             cfg, # a config with a `run` section (`RunConfig`)
+             resume:str|Path|None=None) -> Run: # a run directory, or a bare name under the runs directory
+    "The run directory: created (or reopened to resume) by the main process, its path shared with the others."
+    path = [None]
+    if acc.is_main_process:
+        if resume is not None:
+            rp = Path(resume)     # a path (also one that does not exist), or a bare name under the runs directory
+            if not rp.is_dir() and len(rp.parts) == 1: rp = Path(cfg.run.out_dir or runs_dir())/str(resume)
+            run = create_run(rp.name, parent=rp.parent, resume=True)
+        else: run = create_run(cfg.run.name, parent=cfg.run.out_dir, config=cfg)
+        path = [str(run.path)]
+    if acc.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+        broadcast_object_list(path)
+    return run if acc.is_main_process else Run(Path(path[0]), resumed=resume is not None)
+
+# %% ../nbs/13_train.ipynb #fafa1a7e
+def record_data(run:Run, manifest:pd.DataFrame, splits:dict, data:DataConfig, log, extra:str='') -> None:
+    "Write the manifest's digest beside the run (`manifest.sha256`) and log each split's size and fakes."
+    src = data.manifest or 'benchmark:' + str(data.benchmark)
+    (run/'manifest.sha256').write_text(f"{manifest_digest(manifest)}  {src}\n")
+    y = manifest.label.to_numpy().astype(int)
+    log.info(f"splits ({data.protocol}): " + ', '.join(f"{k} {len(v)} ({int(y[v].sum())} fake)" for k, v in splits.items())
+             + extra)
+
 # %% ../nbs/13_train.ipynb #af4d3e2a
 class Trainer:
     "Train and evaluate one detector from a `TrainRunConfig`, on one process or under `accelerate launch`."
@@ -226,7 +253,6 @@ class Trainer:
                  backbone=None, # an already loaded backbone (else cfg.model.backbone is loaded)
                  callbacks=()): # fn(trainer, epoch, logs) called after each epoch (and its checkpoint, if any)
         from accelerate import Accelerator
-        from accelerate.utils import broadcast_object_list
         check_config(cfg)                                   # every value in range, before a run directory exists
         if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
             raise ConfigError(f"data.val_fraction + data.test_fraction must be < 1, got {cfg.data.val_fraction} + "
@@ -241,28 +267,14 @@ class Trainer:
         self.acc = Accelerator(cpu=device.type == 'cpu', mixed_precision=_mixed_precision(t.mixed_precision, device))
         self.main = self.acc.is_main_process
         self._autocast = contextlib.nullcontext if self.acc.mixed_precision == 'no' else self.acc.autocast
-        # the run directory: created (or reopened) by the main process, its path shared with the others
-        path = [None]
-        if self.main:
-            if resume is not None:
-                rp = Path(resume)     # a path (also one that does not exist), or a bare name under the runs directory
-                if not rp.is_dir() and len(rp.parts) == 1: rp = Path(cfg.run.out_dir or runs_dir())/str(resume)
-                self.run = create_run(rp.name, parent=rp.parent, resume=True)
-            else: self.run = create_run(cfg.run.name, parent=cfg.run.out_dir, config=cfg)
-            path = [str(self.run.path)]
-        if self.acc.num_processes > 1: broadcast_object_list(path)
-        if not self.main: self.run = Run(Path(path[0]), resumed=resume is not None)
+        self.run = open_run(self.acc, cfg, resume)
         self.log = get_logger('train')
         seed_everything(cfg.run.seed, cfg.run.deterministic)
         # data
         self.manifest = manifest if manifest is not None else load_manifest(cfg.data)
         self.splits = make_splits(self.manifest, cfg.data)
         self.labels = self.manifest.label.to_numpy().astype(int)
-        if self.main:
-            src = cfg.data.manifest or 'benchmark:' + str(cfg.data.benchmark)
-            (self.run/'manifest.sha256').write_text(f"{manifest_digest(self.manifest)}  {src}\n")
-            self.log.info(f"splits ({cfg.data.protocol}): " +
-                          ', '.join(f"{k} {len(v)} ({int(self.labels[v].sum())} fake)" for k, v in self.splits.items()))
+        if self.main: record_data(self.run, self.manifest, self.splits, cfg.data, self.log)
         # backbone and features: with a warm cache, the backbone is known by its cache record and never loaded
         if m.cached and features is None and backbone is None:
             from dflab.features import recall_features

@@ -19,7 +19,7 @@ from ..core import (DflabError, ConfigError, RunConfig, Run, at_least, atomic_wr
                     positive, read_yaml, require_network, runs_dir, seed_everything, set_threads, setup_logging, to_dict)
 from ..checkpoints import (latest_checkpoint, load_checkpoint, load_safetensors, optimizer_from_flat,
                                optimizer_to_flat, read_json, write_dir)
-from ..train import DataConfig, load_manifest, make_splits, manifest_digest, config_path, _lr_factor
+from ..train import DataConfig, load_manifest, make_splits, config_path, open_run, record_data, _lr_factor
 from ..report import write_csv, write_json
 
 _log = get_logger('dflab.qwen')
@@ -573,7 +573,6 @@ class ProfilerTrainer:
                  resume=None, # a run directory (or name under the runs directory) to continue or evaluate
                  manifest:pd.DataFrame|None=None): # use this manifest instead of cfg.data's
         from accelerate import Accelerator
-        from accelerate.utils import broadcast_object_list
         check_config(cfg)
         if cfg.task != 'profiler': raise ConfigError(f"task must be 'profiler' for a Profiler run, got '{cfg.task}'")
         if cfg.stage1_training.monitor not in ('auc', 'loss'):
@@ -584,28 +583,15 @@ class ProfilerTrainer:
         self.acc = Accelerator(cpu=device.type == 'cpu',
                                mixed_precision=_mixed_precision(cfg.stage1_training.mixed_precision, device))
         self.main = self.acc.is_main_process
-        path = [None]
-        if self.main:
-            if resume is not None:
-                rp = Path(resume)
-                if not rp.is_dir() and len(rp.parts) == 1: rp = Path(cfg.run.out_dir or runs_dir())/str(resume)
-                self.run = create_run(rp.name, parent=rp.parent, resume=True)
-            else: self.run = create_run(cfg.run.name, parent=cfg.run.out_dir, config=cfg)
-            path = [str(self.run.path)]
-        if self.acc.num_processes > 1: broadcast_object_list(path)
-        if not self.main: self.run = Run(Path(path[0]), resumed=resume is not None)
+        self.run = open_run(self.acc, cfg, resume)
         self.log = get_logger('qwen.profiler')
         seed_everything(cfg.run.seed, cfg.run.deterministic)
         self.manifest = manifest if manifest is not None else load_manifest(cfg.data)
         self.splits = make_splits(self.manifest, cfg.data)
         tr = self.manifest.iloc[self.splits['train']]
         self.generators = sorted(tr.generator[tr.label == 1].dropna().astype(str).unique())
-        if self.main:
-            src = cfg.data.manifest or 'benchmark:' + str(cfg.data.benchmark)
-            (self.run/'manifest.sha256').write_text(f"{manifest_digest(self.manifest)}  {src}\n")
-            self.log.info(f"splits ({cfg.data.protocol}): " + ', '.join(
-                f"{k} {len(v)} ({int(self.manifest.label.to_numpy()[v].sum())} fake)" for k, v in self.splits.items())
-                + f"; {len(self.generators)} generators to identify")
+        if self.main: record_data(self.run, self.manifest, self.splits, cfg.data, self.log,
+                                  f"; {len(self.generators)} generators to identify")
         self.model, self.image_processor = build_profiler(cfg.model, self.generators, self.acc.device)
 
 # %% ../../nbs/18_qwen.profiler.ipynb #8d34cc1a
