@@ -93,6 +93,17 @@ def tiny_bench():
     from dflab.synth import benchmark_manifest
     return benchmark_manifest('tiny'), load_backbone('openclip:dflab-tiny')
 
+@pytest.fixture(scope='session')
+def world(tiny_bench):
+    "The tiny benchmark, the tiny backbone, and features that carry a known, learnable real/fake signal (read-only)."
+    import torch
+    manifest, bb = tiny_bench
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor(manifest.label.to_numpy(), dtype=torch.float32)
+    direction = torch.randn(bb.embed_dim, generator=g)
+    feats = torch.randn(len(manifest), bb.embed_dim, generator=g) + 3.0 * (2 * y[:, None] - 1) * direction / direction.norm()
+    return manifest, bb, feats
+
 @pytest.fixture
 def root() -> Path: return ROOT
 

@@ -14,16 +14,6 @@ from dflab.detectors.coop import TextTower
 from dflab.detectors.fusion import FUSES, MATCHES, lare_available, lare_maps, pack_streams
 from dflab.train import TrainRunConfig, train
 
-@pytest.fixture(scope='module')
-def world(tiny_bench):
-    "The tiny benchmark, the shipped tiny CLIP, and image features with a known, learnable real/fake direction."
-    manifest, bb = tiny_bench
-    g = torch.Generator().manual_seed(0)
-    y = torch.tensor(manifest.label.to_numpy(), dtype=torch.float32)
-    d = torch.randn(bb.embed_dim, generator=g)
-    feats = torch.randn(len(manifest), bb.embed_dim, generator=g) + 3.0 * (2 * y[:, None] - 1) * d / d.norm()
-    return manifest, bb, feats
-
 def text_state(bb):
     return {k: v.clone() for k, v in bb.model.state_dict().items() if not k.startswith('visual.')}
 

@@ -12,16 +12,6 @@ from dflab.detectors import Detector, list_detectors, load_detector, read_detect
 from dflab.metrics import THRESHOLD_CRITERIA, choose_threshold
 from dflab.train import DataConfig, ModelConfig, OptimConfig, TrainRunConfig, make_splits, train
 
-@pytest.fixture(scope='module')
-def world(tiny_bench):
-    "The tiny benchmark, the tiny backbone, and features that carry a known, learnable real/fake signal."
-    manifest, bb = tiny_bench
-    g = torch.Generator().manual_seed(0)
-    y = torch.tensor(manifest.label.to_numpy(), dtype=torch.float32)
-    direction = torch.randn(bb.embed_dim, generator=g)
-    feats = torch.randn(len(manifest), bb.embed_dim, generator=g) + 3.0 * (2 * y[:, None] - 1) * direction / direction.norm()
-    return manifest, bb, feats
-
 def run_cfg(tmp, name, detector="linear-probe", epochs=10, threshold='balanced', **data):
     return TrainRunConfig(run=RunConfig(name=name, out_dir=str(tmp), threads=1),
                           data=DataConfig(**data), model=ModelConfig(detector=detector),
