@@ -105,10 +105,14 @@ def write_image_corpus(root) -> pd.DataFrame:
 # %% ../../nbs/08_bad_inputs.ipynb #f8a304f8
 _MAIN = 'import sys; from dflab.cli import main; sys.exit(main())'
 
-def dflab(*args, timeout:int=300) -> subprocess.CompletedProcess:
-    "Run `dflab *args` in a subprocess, capturing text output."
-    return subprocess.run([sys.executable, '-c', _MAIN, *map(str, args)], capture_output=True, text=True,
-                          errors='backslashreplace', timeout=timeout)
+def dflab(*args, timeout:int=300, isolated:bool=False) -> subprocess.CompletedProcess:
+    "Run `dflab *args` in this process (`run_cli`), or with `isolated` in a subprocess; exit code and text output."
+    if isolated:
+        return subprocess.run([sys.executable, '-c', _MAIN, *map(str, args)], capture_output=True, text=True,
+                              errors='backslashreplace', timeout=timeout)
+    from dflab.cli import run_cli
+    rc, out, err = run_cli(*args)
+    return subprocess.CompletedProcess(['dflab', *map(str, args)], rc, out, err)
 
 def _row(case, input, through, expect, want_exit, exit, observed, named, kept) -> dict:
     "One outcome: what went in, through what, what was expected and what happened."
