@@ -105,6 +105,16 @@ def world(tiny_bench):
     return manifest, bb, feats
 
 @pytest.fixture
+def cli():
+    "Run `dflab *args` in this process (no interpreter start-up); a CompletedProcess, as a subprocess would give."
+    import subprocess
+    from dflab.cli import run_cli
+    def run(*args):
+        rc, out, err = run_cli(*args)
+        return subprocess.CompletedProcess(['dflab', *map(str, args)], rc, out, err)
+    return run
+
+@pytest.fixture
 def root() -> Path: return ROOT
 
 def pytest_sessionfinish(session, exitstatus):

@@ -72,7 +72,7 @@ def test_cli_subprocess(tmp_path):
     r = run('features', '--manifest', m, '--cache', tmp_path/'c', '--batch-size', '0')
     assert r.returncode == 2 and '--batch-size must be at least 1' in r.stderr
 
-def test_cli_missing_and_replaced_files(tmp_path):
+def test_cli_missing_and_replaced_files(tmp_path, cli):
     "A file deleted or replaced after the manifest was built is named, never served from the cache; --skip-bad."
     import shutil as sh
     from dflab.synth import benchmark_manifest
@@ -81,11 +81,7 @@ def test_cli_missing_and_replaced_files(tmp_path):
     for i in range(8): sh.copy(Path(b.attrs['root'])/b.path[i], tmp_path/f'{i}.png')
     m = write_manifest(new_manifest([{'path': f'{i}.png', 'label': int(b.label[i]), 'sha256': b.sha256[i]}
                                      for i in range(8)], tmp_path), tmp_path/'m.parquet')
-    env = {**os.environ, 'DFLAB_THREADS': '1'}
-    dflab = shutil.which('dflab', path=str(Path(sys.executable).parent)) or shutil.which('dflab')
-    run = lambda *a: subprocess.run([dflab, 'features', '--manifest', m, '--cache', tmp_path/'c', '--no-progress',
-                                     '--num-workers', '0', *map(str, a)], capture_output=True, text=True, env=env,
-                                    timeout=300)
+    run = lambda *a: cli('features', '--manifest', m, '--cache', tmp_path/'c', '--no-progress', '--num-workers', '0', *a)
     assert run().returncode == 0
     (tmp_path/'2.png').unlink()
     st = (tmp_path/'5.png').stat()

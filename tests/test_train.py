@@ -58,31 +58,31 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     for k in ('auc', 'ap', 'eer', 'acc', 'acc_val', 'val_threshold'): assert a[k] == pytest.approx(b[k], abs=1e-6), k
     assert sorted(p.name for p in (tmp_path/'cut'/'checkpoints').iterdir()) == [f'epoch-{i}' for i in range(1, 6)]
 
-def test_predict_folder_with_corrupt_image(trained, tmp_path):
+def test_predict_folder_with_corrupt_image(trained, tmp_path, cli):
     from dflab.synth import get_benchmark
     src = sorted((get_benchmark('tiny')/'real').rglob('*.png'))[:2]
     for i, f in enumerate(src): shutil.copy(f, tmp_path/f'ok{i}.png')
     (tmp_path/'bad.jpg').write_bytes(b'\xff\xd8\xff garbage')
     (tmp_path/'notes.txt').write_text('not an image')
-    r = sh('predict', '--run', trained, tmp_path)
+    r = cli('predict', '--run', trained, tmp_path)
     assert r.returncode == 1 and '1 of 3 inputs could not be read' in r.stderr, r.stderr   # a failure is not a success
-    r = sh('predict', '--run', trained, tmp_path, '--out', tmp_path/'scores.csv', '--skip-bad')
+    r = cli('predict', '--run', trained, tmp_path, '--out', tmp_path/'scores.csv', '--skip-bad')
     assert r.returncode == 0, r.stderr
     assert 'bad.jpg' in r.stderr and r.stdout.count('.png') == 2
     df = pd.read_csv(tmp_path/'scores.csv')
     assert len(df) == 3 and df.error.notna().sum() == 1 and df.dropna(subset=['score']).label.isin(['real', 'fake']).all()
     (tmp_path/'ok0.png').unlink(); (tmp_path/'ok1.png').unlink()
-    r = sh('predict', '--run', trained, tmp_path)
+    r = cli('predict', '--run', trained, tmp_path)
     assert r.returncode == 1 and 'none of the 1 images could be read' in r.stderr
 
-def test_eval_with_perturbation(trained):
-    r = sh('eval', '--run', trained, '--perturb', 'jpeg:75,blur:1.0', '--n-boot', '0')
+def test_eval_with_perturbation(trained, cli):
+    r = cli('eval', '--run', trained, '--perturb', 'jpeg:75,blur:1.0', '--n-boot', '0')
     assert r.returncode == 0, r.stderr
     out = trained/'eval-own-test-jpeg75-blur1.0'
     assert (out/'test_metrics.json').exists() and (out/'roc_curve.png').exists()
-    r = sh('eval', '--run', trained, '--perturb', 'gamma:2')
+    r = cli('eval', '--run', trained, '--perturb', 'gamma:2')
     assert r.returncode == 1 and "unknown perturbation 'gamma'" in r.stderr
-    r = sh('eval', '--run', trained, '--perturb', 'jpeg=75')          # the old name=value form says what to write
+    r = cli('eval', '--run', trained, '--perturb', 'jpeg=75')          # the old name=value form says what to write
     assert r.returncode == 1 and "write 'jpeg:75'" in r.stderr
 
 def test_mode_test_needs_a_run(tmp_path):
