@@ -4,17 +4,20 @@
 
 # %% ../../nbs/16b_explain.metrics.ipynb #607d804c
 from __future__ import annotations
-import copy
+import copy, time
+from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 from ..core import DflabError
-from .cams import Explainer, uses_target
+from PIL import Image
+from .cams import Explainer, list_methods, uses_target
 
 # %% auto #0
 __all__ = ['THRESHOLDS', 'pixel_auc', 'pointing_game', 'iou_f1', 'choose_map_threshold', 'localization', 'deletion_insertion',
-           'road_confidence', 'randomize_head', 'rank_correlation', 'sanity_check']
+           'road_confidence', 'randomize_head', 'rank_correlation', 'sanity_check', 'partial_fakes',
+           'localization_table']
 
 # %% ../../nbs/16b_explain.metrics.ipynb #f2a48712
 def _check_pair(maps, masks) -> tuple[np.ndarray, np.ndarray]:
@@ -172,4 +175,42 @@ def sanity_check(explainer:Explainer, x:torch.Tensor, methods, # methods to chec
         rows.append({'method': m, 'rank_corr': float(rho.mean()), 'abs_rank_corr': float(np.abs(rho).mean()),
                      'ssim': float(np.mean(ssim)), 'reads_score': uses_target(m),
                      'passes': bool(np.abs(rho).mean() < max_rank_corr)})
+    return pd.DataFrame(rows)
+
+# %% ../../nbs/16b_explain.metrics.ipynb #21159619
+def partial_fakes(manifest:pd.DataFrame, pos, # rows of partial fakes (a `mask` path each)
+                  preprocess) -> tuple[torch.Tensor, np.ndarray]:
+    "Images (N, 3, H, W) through `preprocess` and their forgery masks (N, H, W) read at that size."
+    pos = np.asarray(pos, dtype=int)
+    missing = manifest['mask'].iloc[pos].isna().to_numpy()
+    if missing.any(): raise DflabError(f"{int(missing.sum())} of the {len(pos)} rows have no forgery mask (e.g. "
+                                       f"{manifest.path.iloc[pos[missing][0]]}); pass partial fakes only")
+    root = Path(manifest.attrs.get('root', '.'))
+    x = torch.stack([preprocess(Image.open(root/p).convert('RGB')) for p in manifest.path.iloc[pos]])
+    size = (x.shape[-1], x.shape[-2])
+    masks = np.stack([np.asarray(Image.open(root/p).convert('L').resize(size, Image.NEAREST)) > 127
+                      for p in manifest['mask'].iloc[pos]])
+    return x, masks
+
+# %% ../../nbs/16b_explain.metrics.ipynb #117b9dc7
+def localization_table(explainers:dict, # name -> Explainer
+                       manifest:pd.DataFrame, val_pos, test_pos, # partial fakes: threshold on val_pos, scores on test_pos
+                       methods=None, # methods to run; None: every one each explainer's tower supports
+                       steps:int=8) -> pd.DataFrame: # deletion/insertion steps
+    "One row per (detector, method): localization against the forgery masks, deletion/insertion AUC, seconds per image."
+    rows = []
+    for name, ex in explainers.items():
+        (xv, mv), (xt, mt) = (partial_fakes(manifest, p, ex.backbone.preprocess) for p in (val_pos, test_pos))
+        ms = list(methods or [m for m in list_methods() if m != 'rollout' or ex.tower.attention is not None])
+        localize = getattr(ex.backbone, 'localize', None)
+        if localize is not None and 'head' not in ms: ms.append('head')
+        for m in ms:
+            t0 = time.perf_counter()
+            if m == 'head':
+                if localize is None: raise DflabError(f"{name} has no localization head of its own ('head')")
+                with torch.no_grad(): mapv, mapt = np.asarray(localize(xv)), np.asarray(localize(xt))
+            else: mapv, mapt = ex(xv, m).maps, ex(xt, m).maps
+            secs = (time.perf_counter() - t0) / (len(xv) + len(xt))
+            rows.append({'detector': name, 'method': m, **localization(mapt, mt, mapv, mv),
+                         **deletion_insertion(ex, xt, mapt, steps=steps).mean().to_dict(), 'sec_per_image': secs})
     return pd.DataFrame(rows)
