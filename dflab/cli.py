@@ -23,7 +23,7 @@ COMMANDS = {
     'train':    ('dflab.train:train_main', 'train a detector from a config'),
     'eval':     ('dflab.evaluate:eval_main', 'evaluate a trained run on a manifest'),
     'predict':  ('dflab.evaluate:predict_main', 'score your own images with a trained run'),
-    'infer':    ('dflab.qwen.profiler:infer_main', 'profile images with a trained Qwen2.5-VL Profiler'),
+    'infer':    ('dflab.qwen.interpreter:infer_main', 'profile and/or interpret images with trained Qwen2.5-VL Stage 1/2 models'),
     'explain':  ('dflab.explain.cams:explain_main', 'heat maps of why a trained run calls images fake'),
     'run':      ('dflab.experiments:run_main', 'run an experiment notebook with papermill'),
     'sweep':    ('dflab.experiments:sweep_main', 'run an experiment over a parameter grid'),
@@ -44,6 +44,7 @@ COMMANDS = {
         'lare':     ('dflab.lare.extract:bench_main', 'benchmark LaRE maps: tiny-model images/s and cache hits, SD-1.5 s/image beside its FLOPs'),
         'explain':  ('dflab.explain.cams:bench_main', 'benchmark GradCAM on 100 images, ScoreCAM per image beside it'),
         'profiler': ('dflab.qwen.profiler:bench_main', 'time Profiler training steps (tiny on CPU, 3B/7B on GPU)'),
+        'interpreter': ('dflab.qwen.interpreter:bench_main', 'time Interpreter SFT steps and generation (tiny on CPU, 3B/7B on GPU)'),
         'prompts':  ('dflab.detectors.coop:bench_main', 'benchmark a CoOp training step against CoCoOp (batched, per image)'),
     },
 }

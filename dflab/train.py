@@ -598,7 +598,8 @@ def config_path(name:str) -> Path:
     if shipped.is_file(): return shipped
     raise DflabError(f"config file not found: {name} (shipped configs: {', '.join(list_configs())})")
 
-_TASKS = {'profiler': 'dflab.qwen.profiler:profile_train_main'}   # a config's `task:` -> the command that trains it
+_TASKS = {'profiler': 'dflab.qwen.profiler:profile_train_main',   # a config's `task:` -> the command that trains it
+          'interpreter': 'dflab.qwen.interpreter:interpret_train_main'}
 
 def _task_command(path):
     "The command training a config whose `task:` is not 'detector' (this Trainer's), or None."
