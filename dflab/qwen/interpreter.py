@@ -829,7 +829,7 @@ def test(self:InterpreterTrainer, which:str='best', clip=None) -> dict:
         write_csv(out, self.run/'reports.csv')
         self.log.info(format_interpreter_metrics(m['free']))
     self.acc.wait_for_everyone()
-    return m
+    return m if self.main else None
 
 def train_interpreter(cfg:InterpreterRunConfig, mode:str='both', resume=None, **kw) -> tuple[Run, dict|None]:
     "Train (`mode='train'`), evaluate (`'test'`, an existing run) or both; returns (run, test metrics)."
@@ -857,6 +857,7 @@ def interpret_train_main(argv=None, prog:str='dflab interpret train'):
     elif a.steps: over.append(f'stage2_training.max_steps={a.steps}')
     cfg = load_config(InterpreterRunConfig, config_path(a.config), overrides=over)
     run, m = train_interpreter(cfg, mode=a.mode, resume=a.resume)
+    if m is None and a.mode != 'train': return 0          # another process of a distributed run: the main one reports
     msg = 'trained' if not m else format_interpreter_metrics(m['free']).replace('\n', '\n  ') + (
         f"\n  constrained to Stage 1: consistency {m['constrained']['consistency']['rate']:.4f}, judgement accuracy "
         f"{m['constrained']['judgement']['accuracy']:.4f}" if 'constrained' in m else '')
