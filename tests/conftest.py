@@ -11,7 +11,11 @@ os.environ.setdefault('MPLBACKEND', 'Agg')
 # Tests never touch the user's ~/.cache/dflab or ./runs: the embedded benchmark, the feature cache and every run
 # directory of this session (notebooks and subprocesses inherit the environment) live in one temporary folder.
 # DFLAB_TEST_CACHE keeps a cache across sessions on purpose (e.g. a developer's warm benchmark); never the default.
-_SESSION = Path(tempfile.mkdtemp(prefix='dflab-tests-'))
+# Under pytest-xdist (`pytest -n 2`) the workers inherit DFLAB_TEST_SESSION from the process that started them and
+# share its folder: one benchmark build and one feature cache (both safe between processes), removed by that process.
+_OWNER = 'DFLAB_TEST_SESSION' not in os.environ
+_SESSION = Path(os.environ.get('DFLAB_TEST_SESSION') or tempfile.mkdtemp(prefix='dflab-tests-'))
+os.environ['DFLAB_TEST_SESSION'] = str(_SESSION)
 os.environ['DFLAB_CACHE'] = os.environ.get('DFLAB_TEST_CACHE') or str(_SESSION/'cache')
 os.environ['DFLAB_RUNS'] = str(_SESSION/'runs')
 os.environ['XDG_CACHE_HOME'] = str(_SESSION/'xdg')    # even code that drops DFLAB_CACHE stays out of ~/.cache
@@ -58,11 +62,13 @@ def getaddrinfo(host, *args, **kw):
 socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
 """
 _GUARD_DIR = _SESSION/'netguard'
-_GUARD_DIR.mkdir()
-(_GUARD_DIR/'sitecustomize.py').write_text(_GUARD)
-NET_LOG = _SESSION/'network-attempts.log'
+_GUARD_DIR.mkdir(exist_ok=True)
+if not (_GUARD_DIR/'sitecustomize.py').exists():
+    (_GUARD_DIR/'.sitecustomize.tmp').write_text(_GUARD); os.replace(_GUARD_DIR/'.sitecustomize.tmp', _GUARD_DIR/'sitecustomize.py')
+NET_LOG = _SESSION/f"network-attempts-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.log"   # one per pytest-xdist worker
 os.environ['DFLAB_TEST_NET_LOG'] = str(NET_LOG)
-os.environ['PYTHONPATH'] = os.pathsep.join([str(_GUARD_DIR)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+os.environ['PYTHONPATH'] = os.pathsep.join([str(_GUARD_DIR)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
+                                                                if p and p != str(_GUARD_DIR)])
 
 def _install_guard():
     import importlib.util
@@ -83,6 +89,12 @@ def offline_proved():
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow_cells: a notebook with #| slow cells (run them with DFLAB_TEST_FLAGS=slow)')
+    config.addinivalue_line('markers', 'xdist_group(name): tests run by one pytest-xdist worker (registered here too)')
+
+def pytest_collection_modifyitems(config, items):
+    "Under `pytest -n N --dist loadgroup`, a test file's tests share one worker (and its module fixtures); notebooks spread."
+    for item in items:
+        if item.path.name != 'test_notebooks.py': item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 @pytest.fixture(scope='session')
 def tiny_bench():
@@ -119,4 +131,4 @@ def root() -> Path: return ROOT
 
 def pytest_sessionfinish(session, exitstatus):
     import shutil
-    shutil.rmtree(_SESSION, ignore_errors=True)
+    if _OWNER: shutil.rmtree(_SESSION, ignore_errors=True)

@@ -84,7 +84,7 @@ def test_readme_and_index_give_the_same_two_commands():
     nb = nbformat.read(ROOT/'nbs'/'index.ipynb', as_version=4)
     index = _bash_blocks('\n'.join(c.source for c in nb.cells if c.cell_type == 'markdown'))[:2]
     assert len(readme) == 2 and readme == index, (readme, index)
-    assert 'pytest tests' in readme[1]
+    assert readme[1].rstrip().endswith(' tests') and 'pytest ' in readme[1]
 
 def test_config_error_is_a_usage_error(tmp_path):
     "A value out of range in a config is a usage error (exit 2) naming the key, and leaves no run directory."
