@@ -417,19 +417,16 @@ class InterpreterCollate:
         tk = processor.tokenizer
         self.end = tk.convert_tokens_to_ids('<|im_end|>')
     def __call__(self, items:list[dict]) -> dict:
-        tk = self.proc.tokenizer
         prompts = [self.proc.apply_chat_template(messages(it['question']), tokenize=False, add_generation_prompt=True)
                    for it in items]
         ims = [it['image'] for it in items]
         if not self.train:
-            tk.padding_side = 'left'
-            enc = self.proc(text=prompts, images=ims, padding=True, return_tensors='pt')
+            enc = self.proc(text=prompts, images=ims, padding=True, padding_side='left', return_tensors='pt')
             return {**enc, 'index': torch.tensor([it['index'] for it in items])}
         fulls = [self.proc.apply_chat_template(messages(it['question'], it['answer']), tokenize=False) for it in items]
         for p, f in zip(prompts, fulls):
             if not f.startswith(p): raise DflabError("the chat template does not render the prompt as a prefix of the chat")
-        tk.padding_side = 'right'
-        enc = self.proc(text=fulls, images=ims, padding=True, return_tensors='pt')
+        enc = self.proc(text=fulls, images=ims, padding=True, padding_side='right', return_tensors='pt')
         plen = [len(x) for x in self.proc(text=prompts, images=ims)['input_ids']]
         labels = enc['input_ids'].clone()
         for row, (ids, n) in enumerate(zip(enc['input_ids'], plen)):
@@ -463,7 +460,7 @@ def generate_reports(model, processor, images:list, questions:list[str], setting
     s = settings or GenerationSettings()
     model.eval()
     dev = next(model.parameters()).device
-    tk = processor.tokenizer; tk.padding_side = 'left'
+    tk = processor.tokenizer
     out = []
     kw = dict(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample, num_beams=s.num_beams,
               repetition_penalty=s.repetition_penalty, pad_token_id=tk.pad_token_id, eos_token_id=tk.eos_token_id)
@@ -473,7 +470,7 @@ def generate_reports(model, processor, images:list, questions:list[str], setting
         pre = (prefixes or [''] * len(images))[sl]
         texts = [processor.apply_chat_template(messages(q), tokenize=False, add_generation_prompt=True) + p
                  for q, p in zip(questions[sl], pre)]
-        enc = processor(text=texts, images=images[sl], padding=True, return_tensors='pt').to(dev)
+        enc = processor(text=texts, images=images[sl], padding=True, padding_side='left', return_tensors='pt').to(dev)
         with _quiet(): g = model.generate(**enc, **kw)
         gen = tk.batch_decode(g[:, enc['input_ids'].shape[1]:], skip_special_tokens=True)
         out += [p + t.strip('\n') for p, t in zip(pre, gen)]
@@ -657,15 +654,15 @@ def generate(self:InterpreterTrainer, model, split:str, indices=None, constrain:
     "Reports generated for a split's rows (sharded over processes, gathered): `index`, `report`."
     idx = np.asarray(self.splits[split] if indices is None else indices)
     mine = idx[self.acc.process_index::self.acc.num_processes]
-    ds = InterpreterSet(self.manifest, mine, self.evidence)
-    items = [ds[i] for i in range(len(ds))]
-    pre = None
-    if constrain:
-        if self.stage1 is None: raise DflabError("constrained reports need Stage 1: set model.stage1_checkpoint")
-        pre = [constrained_prefix(bool(self.stage1.fake.iloc[i]), self.stage1.generator.iloc[i]) for i in mine]
-    g = self.cfg.generation
-    texts = generate_reports(self.acc.unwrap_model(model), self.processor, [it['image'] for it in items],
-                             [it['question'] for it in items], g, pre) if items else []
+    if constrain and self.stage1 is None:
+        raise DflabError("constrained reports need Stage 1: set model.stage1_checkpoint")
+    ds, g, texts = InterpreterSet(self.manifest, mine, self.evidence), self.cfg.generation, []
+    for s in range(0, len(ds), g.batch_size):                 # images are read one generation batch at a time
+        items = [ds[i] for i in range(s, min(s + g.batch_size, len(ds)))]
+        pre = [constrained_prefix(bool(self.stage1.fake.iloc[it['index']]), self.stage1.generator.iloc[it['index']])
+               for it in items] if constrain else None
+        texts += generate_reports(self.acc.unwrap_model(model), self.processor, [it['image'] for it in items],
+                                  [it['question'] for it in items], g, pre)
     part = list(zip(mine.tolist(), texts))
     if self.acc.num_processes > 1:
         from accelerate.utils import gather_object
