@@ -265,7 +265,7 @@ def bench_train(scale:str='small', detector:str='prompt-adapter', epochs:int=15,
                       epochs, batch_size, lr, 0.01, seed)
     rows.append({'path': 'bare PyTorch loop on the same tensors (the limit)', **bare})
     df = pd.DataFrame(rows)
-    df['wall_s'] = df[['start_s', 'epochs_s', 'eval_s']].sum(1)
+    df['wall_s'] = df[['start_s', 'epochs_s', 'eval_s']].sum(axis=1)
     df['speed_up'] = df.wall_s.iloc[0] / df.wall_s
     df.attrs.update(images=len(manifest), out=str(tmp))
     if out is None: shutil.rmtree(tmp, ignore_errors=True)
