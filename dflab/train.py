@@ -26,8 +26,8 @@ from .report import write_csv, write_evaluation, write_json
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'SPLITS', 'DataConfig', 'ModelConfig', 'OptimConfig', 'TrainRunConfig', 'load_manifest', 'split_column',
-           'make_splits', 'manifest_digest', 'LeanAdamW', 'open_run', 'record_data', 'Trainer', 'train', 'configs_dir',
-           'list_configs', 'config_path', 'train_main']
+           'make_splits', 'manifest_digest', 'LeanAdamW', 'open_run', 'record_data', 'restore_latest', 'Trainer',
+           'train', 'configs_dir', 'list_configs', 'config_path', 'train_main']
 
 # %% ../nbs/13_train.ipynb #4ff0cfcd
 @dataclass
@@ -242,6 +242,17 @@ def record_data(run:Run, manifest:pd.DataFrame, splits:dict, data:DataConfig, lo
     y = manifest.label.to_numpy().astype(int)
     log.info(f"splits ({data.protocol}): " + ', '.join(f"{k} {len(v)} ({int(y[v].sum())} fake)" for k, v in splits.items())
              + extra)
+
+# %% ../nbs/13_train.ipynb #59cc949e
+def restore_latest(run:Run, model:torch.nn.Module, opt, log=None, strict:bool=True) -> tuple[dict, bool]:
+    "(training state, resumed): a reopened run's newest intact checkpoint loaded into `model` and `opt`, else a fresh state."
+    ck = latest_checkpoint(run.path) if run.resumed else None
+    if ck is None: return {'epoch': 0, 'step': 0, 'best': None, 'best_epoch': None, 'bad_epochs': 0, 'history': []}, False
+    weights, tens, state = load_checkpoint(ck)          # a damaged file is named, with what to do
+    model.load_state_dict(weights, strict=strict)
+    optimizer_from_flat(opt, tens, state.pop('optimizer'))
+    if log is not None: log.info(f"resuming {run.path} after epoch {state['epoch']}")
+    return state, True
 
 # %% ../nbs/13_train.ipynb #af4d3e2a
 class Trainer:
@@ -464,16 +475,8 @@ def fit(self:Trainer) -> Run:
     det, dev, plain = self.detector, self.acc.device, self._plain()
     params = [p for p in det.parameters() if p.requires_grad]
     opt = (LeanAdamW if plain else torch.optim.AdamW)(params, lr=t.lr, weight_decay=t.weight_decay)
-    state = {'epoch': 0, 'step': 0, 'best': None, 'best_epoch': None, 'bad_epochs': 0, 'history': []}
-    ck = latest_checkpoint(self.run.path) if self.run.resumed else None
-    if ck is not None:
-        model_state, tens, saved = load_checkpoint(ck)          # a damaged file is named, with what to do
-        det.load_state_dict(model_state, strict=True)
-        optimizer_from_flat(opt, tens, saved.pop('optimizer'))
-        state = saved
-        if self.main:
-            self.log.info(f"resuming {self.run.path} after epoch {state['epoch']}")
-            self._repair(state)
+    state, resumed = restore_latest(self.run, det, opt, self.log if self.main else None)
+    if resumed and self.main: self._repair(state)
     if state.get('stopped') or state['epoch'] >= t.epochs:
         if self.main: self.log.info("training already complete")
         return self.run

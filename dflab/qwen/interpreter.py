@@ -19,7 +19,7 @@ from ..core import (DflabError, ConfigError, RunConfig, Run, at_least, atomic_wr
                         positive, read_yaml, runs_dir, seed_everything, set_threads, setup_logging, to_dict)
 from ..checkpoints import (latest_checkpoint, load_checkpoint, load_safetensors, optimizer_from_flat,
                                optimizer_to_flat, read_json, write_dir)
-from ..train import DataConfig, load_manifest, make_splits, manifest_digest, config_path, _lr_factor
+from ..train import DataConfig, load_manifest, make_splits, config_path, open_run, record_data, restore_latest, _lr_factor
 from ..report import write_csv, write_json
 from .profiler import (LLM_LORA_TARGET, _quiet, _mixed_precision, _rss_gib, arch_counts, find_visual,
                                  load_qwen_vl, qwen_config, saved_bytes)
@@ -578,7 +578,6 @@ class InterpreterTrainer:
                  resume=None, # a run directory (or name under the runs directory) to continue or evaluate
                  manifest:pd.DataFrame|None=None):
         from accelerate import Accelerator
-        from accelerate.utils import broadcast_object_list
         check_config(cfg)
         t = cfg.stage2_training
         if cfg.task != 'interpreter': raise ConfigError(f"task must be 'interpreter' for a Stage 2 run, got '{cfg.task}'")
@@ -592,25 +591,14 @@ class InterpreterTrainer:
         device = pick_device(cfg.run.device)
         self.acc = Accelerator(cpu=device.type == 'cpu', mixed_precision=_mixed_precision(t.mixed_precision, device))
         self.main = self.acc.is_main_process
-        path = [None]
-        if self.main:
-            if resume is not None:
-                rp = Path(resume)
-                if not rp.is_dir() and len(rp.parts) == 1: rp = Path(cfg.run.out_dir or runs_dir())/str(resume)
-                self.run = create_run(rp.name, parent=rp.parent, resume=True)
-            else: self.run = create_run(cfg.run.name, parent=cfg.run.out_dir, config=cfg)
-            path = [str(self.run.path)]
-        if self.acc.num_processes > 1: broadcast_object_list(path)
-        if not self.main: self.run = Run(Path(path[0]), resumed=resume is not None)
+        self.run = open_run(self.acc, cfg, resume)
         self.log = get_logger('qwen.interpreter')
         seed_everything(cfg.run.seed, cfg.run.deterministic)
         self.manifest = manifest if manifest is not None else load_manifest(cfg.data)
         self.splits = make_splits(self.manifest, cfg.data)
         tr = self.manifest.iloc[self.splits['train']]
         self.train_prompts = tr.prompt[(tr.label == 1) & tr.prompt.notna()].astype(str).tolist()
-        if self.main:
-            src = cfg.data.manifest or 'benchmark:' + str(cfg.data.benchmark)
-            (self.run/'manifest.sha256').write_text(f"{manifest_digest(self.manifest)}  {src}\n")
+        if self.main: record_data(self.run, self.manifest, self.splits, cfg.data, self.log)
         self.stage1 = None
         if cfg.model.stage1_checkpoint:
             self.stage1 = stage1_decisions(cfg.model.stage1_checkpoint, manifest_files(self.manifest),
@@ -742,14 +730,7 @@ def fit(self:InterpreterTrainer) -> Run:
     model = self.model
     lora = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(lora, lr=t.learning_rate, weight_decay=t.weight_decay)
-    state = {'epoch': 0, 'step': 0, 'best': None, 'best_epoch': None, 'bad_epochs': 0, 'history': []}
-    ck = latest_checkpoint(self.run.path) if self.run.resumed else None
-    if ck is not None:
-        weights, tens, saved = load_checkpoint(ck)
-        model.load_state_dict(weights, strict=False)
-        optimizer_from_flat(opt, tens, saved.pop('optimizer'))
-        state = saved
-        if self.main: self.log.info(f"resuming {self.run.path} after epoch {state['epoch']}")
+    state, _ = restore_latest(self.run, model, opt, self.log if self.main else None, strict=False)  # LoRA + heads only
     if state['epoch'] >= t.epochs or state.get('early_stopped') or (t.max_steps and state['step'] >= t.max_steps):
         if self.main: self.log.info("training already complete")
         return self.run

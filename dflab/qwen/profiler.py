@@ -19,7 +19,7 @@ from ..core import (DflabError, ConfigError, RunConfig, Run, at_least, atomic_wr
                     positive, read_yaml, require_network, runs_dir, seed_everything, set_threads, setup_logging, to_dict)
 from ..checkpoints import (latest_checkpoint, load_checkpoint, load_safetensors, optimizer_from_flat,
                                optimizer_to_flat, read_json, write_dir)
-from ..train import DataConfig, load_manifest, make_splits, config_path, open_run, record_data, _lr_factor
+from ..train import DataConfig, load_manifest, make_splits, config_path, open_run, record_data, restore_latest, _lr_factor
 from ..report import write_csv, write_json
 
 _log = get_logger('dflab.qwen')
@@ -683,14 +683,7 @@ def fit(self:ProfilerTrainer) -> Run:
     base_lr = [t.learning_rate, t.head_learning_rate if t.head_learning_rate is not None else t.learning_rate]
     opt = torch.optim.AdamW([{'params': lora, 'lr': base_lr[0]}, {'params': heads, 'lr': base_lr[1]}],
                             weight_decay=t.weight_decay)
-    state = {'epoch': 0, 'step': 0, 'best': None, 'best_epoch': None, 'bad_epochs': 0, 'history': []}
-    ck = latest_checkpoint(self.run.path) if self.run.resumed else None
-    if ck is not None:
-        weights, tens, saved = load_checkpoint(ck)
-        model.load_state_dict(weights, strict=False)
-        optimizer_from_flat(opt, tens, saved.pop('optimizer'))
-        state = saved
-        if self.main: self.log.info(f"resuming {self.run.path} after epoch {state['epoch']}")
+    state, _ = restore_latest(self.run, model, opt, self.log if self.main else None, strict=False)  # LoRA + heads only
     if state['epoch'] >= t.epochs or state.get('early_stopped') or (t.max_steps and state['step'] >= t.max_steps):
         if self.main: self.log.info("training already complete")
         return self.run
