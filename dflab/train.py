@@ -26,8 +26,8 @@ from .report import write_csv, write_evaluation, write_json
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'SPLITS', 'DataConfig', 'ModelConfig', 'OptimConfig', 'TrainRunConfig', 'load_manifest', 'split_column',
-           'make_splits', 'manifest_digest', 'LeanAdamW', 'open_run', 'record_data', 'restore_latest', 'Trainer',
-           'train', 'configs_dir', 'list_configs', 'config_path', 'train_main']
+           'make_splits', 'manifest_digest', 'LeanAdamW', 'open_run', 'record_data', 'restore_latest',
+           'write_checkpoint', 'Trainer', 'train', 'configs_dir', 'list_configs', 'config_path', 'train_main']
 
 # %% ../nbs/13_train.ipynb #4ff0cfcd
 @dataclass
@@ -254,6 +254,17 @@ def restore_latest(run:Run, model:torch.nn.Module, opt, log=None, strict:bool=Tr
     if log is not None: log.info(f"resuming {run.path} after epoch {state['epoch']}")
     return state, True
 
+# %% ../nbs/13_train.ipynb #3391aec8
+def write_checkpoint(run:Run, state:dict, opt, save_model) -> Path:
+    "`checkpoints/epoch-N`, atomically: `save_model(dir)` writes the model, then the optimiser and the training state."
+    from safetensors.torch import save
+    tensors, meta = optimizer_to_flat(opt.optimizer if hasattr(opt, 'optimizer') else opt)
+    def fill(d):
+        save_model(d)
+        with atomic_write(d/'optimizer.safetensors') as f: f.write(save(tensors or {'_empty': torch.zeros(0)}))
+        write_json({**state, 'optimizer': meta}, d/'trainer_state.json')   # last file: marks the checkpoint complete
+    return write_dir(run.checkpoints/f"epoch-{state['epoch']}", fill)
+
 # %% ../nbs/13_train.ipynb #af4d3e2a
 class Trainer:
     "Train and evaluate one detector from a `TrainRunConfig`, on one process or under `accelerate launch`."
@@ -409,14 +420,7 @@ def _better(self:Trainer, v:dict, best) -> bool:
 # %% ../nbs/13_train.ipynb #a63570e9
 @patch
 def _save_checkpoint(self:Trainer, det:Detector, opt, state:dict, **extra) -> Path:
-    from safetensors.torch import save
-    tensors, meta = optimizer_to_flat(opt.optimizer if hasattr(opt, 'optimizer') else opt)
-    def fill(d):
-        save_detector(det, d, extra=self._meta(epoch=state['epoch'], **extra))
-        with atomic_write(d/'optimizer.safetensors') as f:
-            f.write(save(tensors) if tensors else save({'_empty': torch.zeros(0)}))
-        write_json({**state, 'optimizer': meta}, d/'trainer_state.json')   # last file: marks the checkpoint complete
-    return write_dir(self.run.checkpoints/f"epoch-{state['epoch']}", fill)
+    return write_checkpoint(self.run, state, opt, lambda d: save_detector(det, d, extra=self._meta(epoch=state['epoch'], **extra)))
 
 # %% ../nbs/13_train.ipynb #2046bfc8
 @patch

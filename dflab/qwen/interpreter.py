@@ -19,7 +19,7 @@ from ..core import (DflabError, ConfigError, RunConfig, Run, at_least, atomic_wr
                         positive, read_yaml, runs_dir, seed_everything, set_threads, setup_logging, to_dict)
 from ..checkpoints import (latest_checkpoint, load_checkpoint, load_safetensors, optimizer_from_flat,
                                optimizer_to_flat, read_json, write_dir)
-from ..train import DataConfig, load_manifest, make_splits, config_path, open_run, record_data, restore_latest, _lr_factor
+from ..train import DataConfig, load_manifest, make_splits, config_path, open_run, record_data, restore_latest, write_checkpoint, _lr_factor
 from ..report import write_csv, write_json
 from .profiler import (LLM_LORA_TARGET, _quiet, _mixed_precision, _rss_gib, arch_counts, find_visual,
                                  load_qwen_vl, qwen_config, saved_bytes)
@@ -702,14 +702,8 @@ def load_interpreter(path, device='cpu'):
 # %% ../../nbs/18a_qwen.interpreter.ipynb #b6f5d013
 @patch
 def _save_checkpoint(self:InterpreterTrainer, opt, state:dict, **extra) -> Path:
-    from safetensors.torch import save
-    tensors, meta = optimizer_to_flat(opt.optimizer if hasattr(opt, 'optimizer') else opt)
     model = self.acc.unwrap_model(self.model)
-    def fill(d):
-        save_interpreter(model, self.cfg, d, extra={'epoch': state['epoch'], **extra})
-        with atomic_write(d/'optimizer.safetensors') as f: f.write(save(tensors or {'_empty': torch.zeros(0)}))
-        write_json({**state, 'optimizer': meta}, d/'trainer_state.json')   # last: marks the checkpoint complete
-    return write_dir(self.run.checkpoints/f"epoch-{state['epoch']}", fill)
+    return write_checkpoint(self.run, state, opt, lambda d: save_interpreter(model, self.cfg, d, extra={'epoch': state['epoch'], **extra}))
 
 @patch
 def _publish(self:InterpreterTrainer, ck:Path, name:str):

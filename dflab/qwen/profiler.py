@@ -19,7 +19,7 @@ from ..core import (DflabError, ConfigError, RunConfig, Run, at_least, atomic_wr
                     positive, read_yaml, require_network, runs_dir, seed_everything, set_threads, setup_logging, to_dict)
 from ..checkpoints import (latest_checkpoint, load_checkpoint, load_safetensors, optimizer_from_flat,
                                optimizer_to_flat, read_json, write_dir)
-from ..train import DataConfig, load_manifest, make_splits, config_path, open_run, record_data, restore_latest, _lr_factor
+from ..train import DataConfig, load_manifest, make_splits, config_path, open_run, record_data, restore_latest, write_checkpoint, _lr_factor
 from ..report import write_csv, write_json
 
 _log = get_logger('dflab.qwen')
@@ -657,14 +657,9 @@ def _val_logs(self:ProfilerTrainer, p:dict) -> dict:
 
 @patch
 def _save_checkpoint(self:ProfilerTrainer, opt, state:dict, **extra) -> Path:
-    from safetensors.torch import save
-    tensors, meta = optimizer_to_flat(opt.optimizer if hasattr(opt, 'optimizer') else opt)
     model = self.acc.unwrap_model(self.model)
-    def fill(d):
-        save_profiler(model, self.cfg.model, d, extra={'epoch': state['epoch'], **extra})
-        with atomic_write(d/'optimizer.safetensors') as f: f.write(save(tensors or {'_empty': torch.zeros(0)}))
-        write_json({**state, 'optimizer': meta}, d/'trainer_state.json')   # last: marks the checkpoint complete
-    return write_dir(self.run.checkpoints/f"epoch-{state['epoch']}", fill)
+    return write_checkpoint(self.run, state, opt,
+                            lambda d: save_profiler(model, self.cfg.model, d, extra={'epoch': state['epoch'], **extra}))
 
 @patch
 def _publish(self:ProfilerTrainer, ck:Path, name:str):
