@@ -165,6 +165,9 @@ class Backbone:
     @property
     def dtype(self): return next(self.model.parameters()).dtype
 
+    @property
+    def has_text(self) -> bool: return self.make_tokenizer is not None
+
     @cached_property
     def tokenizer(self):
         "list[str] -> (B, context) token ids; built on first use."

@@ -14,9 +14,10 @@ from scipy import ndimage
 from .core import DflabError
 
 # %% auto #0
-__all__ = ['CONTENT_CHECKS', 'load_arrays', 'residual', 'residual_spectrum', 'cv_auc', 'global_stats', 'shortcut_auc',
-           'exact_grey', 'thumbnail', 'edge_density', 'palette_blobs', 'colour_histogram', 'content_checks',
-           'baseline_features', 'baseline_classifier', 'baseline', 'baseline_manifest_features', 'fit_baseline']
+__all__ = ['CONTENT_CHECKS', 'BASELINE_VERSION', 'load_arrays', 'residual', 'residual_spectrum', 'cv_auc', 'global_stats',
+           'shortcut_auc', 'exact_grey', 'thumbnail', 'edge_density', 'palette_blobs', 'colour_histogram',
+           'content_checks', 'baseline_features', 'baseline_classifier', 'baseline', 'baseline_store',
+           'baseline_manifest_features', 'fit_baseline']
 
 # %% ../nbs/05b_baseline.ipynb #039a12a1
 def load_arrays(root) -> dict:
@@ -193,15 +194,23 @@ def _baseline(A, seed, C):
     return out
 
 # %% ../nbs/05b_baseline.ipynb #59f8a17c
-def baseline_manifest_features(manifest, # a dflab manifest (paths resolve against `manifest.attrs['root']`)
-                               positions=None, # row positions to compute; None: every row
-                               perturb=None, # optional PIL -> PIL degradation applied to each image first
-                               chunk:int=256) -> np.ndarray: # images per batch (bounds memory)
-    "`baseline_features` of manifest rows (N, F), in row order; every image must have the same size."
+BASELINE_VERSION = 1   # part of the cache key: bump it when `baseline_features` computes something else
+
+def baseline_store(cache=None): # the feature-cache directory; None: cache_dir()/'features'
+    "The feature-cache store of the residual-spectrum features (float32, so cached and computed values are identical)."
+    import hashlib, torch
+    from dflab.core import atomic_write, cache_dir
+    from dflab.features.cache import FeatureStore
+    root = Path(cache) if cache is not None else cache_dir()/'features'
+    ident = {'version': BASELINE_VERSION, 'identity': 'dflab.baseline:residual-spectrum'}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+    meta = root/key/'backbone.json'
+    if not meta.is_file():   # so that `dflab cache info` lists it and `dflab cache prune --key residual-spectrum` removes it
+        with atomic_write(meta, 'w') as f: json.dump({**ident, 'name': 'residual-spectrum', 'fingerprint': key}, f, indent=1)
+    return FeatureStore(root, key, 'final', dtype=torch.float32)
+
+def _compute_baseline(paths, pos, perturb, chunk) -> np.ndarray:
     from dflab.data.datasets import load_image
-    from dflab.data.manifest import resolve_paths
-    paths = resolve_paths(manifest)
-    pos = np.arange(len(manifest)) if positions is None else np.asarray(positions, dtype=int)
     out, shape = [], None
     for i in range(0, len(pos), chunk):
         ims = []
@@ -214,8 +223,40 @@ def baseline_manifest_features(manifest, # a dflab manifest (paths resolve again
                 raise DflabError(f"the residual-spectrum baseline needs images of one size: {paths[p]} is "
                                  f"{a.shape[1]}x{a.shape[0]}, earlier ones {shape[1]}x{shape[0]}")
             ims.append(a)
-        out.append(baseline_features(np.stack(ims)))
-    return np.concatenate(out) if out else np.zeros((0, 0))
+        out.append(baseline_features(np.stack(ims)).astype(np.float32))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+def baseline_manifest_features(manifest, # a dflab manifest (paths resolve against `manifest.attrs['root']`)
+                               positions=None, # row positions to compute; None: every row
+                               perturb=None, # optional PIL -> PIL degradation applied to each image first
+                               chunk:int=256, # images per batch (bounds memory)
+                               cache=None) -> np.ndarray: # feature-cache directory; None: the default; False: none
+    "`baseline_features` of manifest rows (N, F) as float32, in row order, through the feature cache; every image must have the same size."
+    from dflab.data.manifest import resolve_paths
+    from dflab.data.protocols import Perturb
+    paths = resolve_paths(manifest)
+    pos = np.arange(len(manifest)) if positions is None else np.asarray(positions, dtype=int)
+    if cache is False or (perturb is not None and not isinstance(perturb, Perturb)) or not len(pos):
+        return _compute_baseline(paths, pos, perturb, chunk)   # an arbitrary callable has no name to cache it by
+    from dflab.features.cache import check_images, perturbed_hashes
+    store = baseline_store(cache)
+    sub = manifest.iloc[pos]; sub.attrs = dict(manifest.attrs)
+    shas, bad = check_images(sub, cache=store.dir.parent.parent)
+    if len(bad): return _compute_baseline(paths, pos, perturb, chunk)   # a missing or changed file: its own error
+    keys = perturbed_hashes(shas, perturb)
+    found, missing = store.get(keys)
+    if missing:
+        first = {}
+        for p, k in zip(pos, keys): first.setdefault(k, p)
+        new = _compute_baseline(paths, np.array([first[k] for k in missing]), perturb, chunk)
+        store.put(missing, _as_tensor(new))
+        found.update(zip(missing, _as_tensor(new)))
+    return np.stack([found[k].numpy() for k in keys])
+
+def _as_tensor(a:np.ndarray):
+    "float32 rows as a CPU tensor for the feature store."
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 def fit_baseline(X:np.ndarray, # `baseline_features` of the training rows
                  y, # their labels (0 real / 1 fake), or generator names for identification

@@ -119,9 +119,22 @@ def _parsed_params(template:Path) -> dict[str, dict]:
                      'help': comments.get(node.end_lineno, '')}
     return out
 
+def _papermill():
+    "papermill, imported without jsonschema's optional IRI format checker."
+    # nbformat imports jsonschema, whose format module imports `rfc3987_syntax` when it is installed (jupyterlab's
+    # dependencies bring it); that module builds a Lark grammar at import, about 8 s on a 2-core machine, for a format
+    # notebook validation never checks. It is kept out while papermill loads, and importable again afterwards.
+    import sys
+    block = 'rfc3987_syntax' not in sys.modules and 'jsonschema' not in sys.modules
+    if block: sys.modules['rfc3987_syntax'] = None
+    try: import papermill
+    finally:
+        if block and sys.modules.get('rfc3987_syntax', 0) is None: del sys.modules['rfc3987_syntax']
+    return papermill
+
 def template_params(name) -> dict[str, Param]:
     "The parameters of a template, in the order its `parameters` cell defines them."
-    import papermill as pm
+    pm = _papermill()
     template = find_template(name)
     pm_log = logging.getLogger('papermill'); level = pm_log.level; pm_log.setLevel(logging.ERROR)
     try: found = pm.inspect_notebook(str(template))
@@ -281,7 +294,7 @@ def run_experiment(name, # template name (see `list_templates`) or path to a not
                    log_output:bool=False, # also stream the notebook's output to the console
                    raise_error:bool=True) -> ExperimentRun: # raise DflabError if the notebook fails
     "Execute an experiment template with papermill into a fresh run directory."
-    import papermill as pm
+    pm = _papermill()
     template = find_template(name)
     experiment = template.stem
     values = resolve_params(template, pairs, files, params, preset)   # fails before anything runs

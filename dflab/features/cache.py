@@ -18,9 +18,9 @@ from ..backbones import Backbone
 _log = get_logger('dflab.features')
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'file_sha256', 'image_hashes', 'check_images', 'backbone_key', 'cache_key', 'FeatureStore',
-           'weights_stamp', 'remember_backbone', 'recall_backbone', 'LazyBackbone', 'recall_features', 'cache_info',
-           'prune', 'cache_main']
+__all__ = ['CACHE_VERSION', 'file_sha256', 'image_hashes', 'check_images', 'backbone_key', 'cache_key', 'perturbed_hashes',
+           'FeatureStore', 'weights_stamp', 'remember_backbone', 'recall_backbone', 'LazyBackbone', 'recall_features',
+           'cache_info', 'prune', 'cache_main']
 
 # %% ../../nbs/11a_features.cache.ipynb #5fab680e
 def file_sha256(path, chunk:int=1<<20) -> str:
@@ -113,7 +113,14 @@ def cache_key(bb:Backbone) -> str:
 
 def _layer_dir(layer:str) -> str: return layer.replace(':', '-').replace('*', 'all')
 
-_AUX = ('names', 'text')   # beside the layer stores of a key: the names it was reached by, cached text embeddings
+_AUX = ('names', 'text')
+
+def perturbed_hashes(shas:list[str], # sha256 of the source images
+                     perturb) -> list[str]: # a `dflab.data.protocols.Perturb` (None: the images as they are)
+    "Cache names of perturbed images: a `Perturb` draws from its seed and the image's content, so source + spec name the result."
+    if perturb is None: return list(shas)
+    spec = repr(perturb)
+    return [hashlib.sha256(f'{s}|{spec}'.encode()).hexdigest() for s in shas]   # beside the layer stores of a key: the names it was reached by, cached text embeddings
 
 # %% ../../nbs/11a_features.cache.ipynb #22af3ab7
 def _checksum(t:torch.Tensor) -> str:
@@ -131,11 +138,12 @@ def _read_shard(path:Path) -> tuple[list[str], torch.Tensor]:
 
 # %% ../../nbs/11a_features.cache.ipynb #32527686
 class FeatureStore:
-    "One layer of one backbone in the cache: immutable float16 shards plus a self-healing index."
+    "One layer of one backbone in the cache: immutable shards (float16 by default) plus a self-healing index."
     def __init__(self, root, # the cache directory
                  key:str, # `cache_key(backbone)`
-                 layer:str): # canonical layer name
-        self.layer, self.dir = layer, Path(root)/key/_layer_dir(layer)
+                 layer:str, # canonical layer name
+                 dtype:torch.dtype=torch.float16): # what new shards store
+        self.layer, self.dir, self.dtype = layer, Path(root)/key/_layer_dir(layer), dtype
         self.index_file = self.dir/'index.json'
         self.entries: dict[str, tuple[str, int]] = {}   # sha256 -> (shard name, row)
         self._shards: dict[str, list[str]] = {}         # shard name -> its hashes
@@ -174,9 +182,9 @@ class FeatureStore:
     def __len__(self): return len(self.entries)
 
     def put(self, shas:list[str], feats:torch.Tensor) -> str:
-        "Write one new shard with `feats` (n, ...) as float16; returns its name."
+        "Write one new shard with `feats` (n, ...) in the store's dtype; returns its name."
         assert len(shas) == len(feats), (len(shas), feats.shape)
-        t = feats.detach().to('cpu', torch.float16).contiguous()
+        t = feats.detach().to('cpu', self.dtype).contiguous()
         name = f'shard-{uuid.uuid4().hex[:16]}.safetensors'
         data = save({'features': t}, metadata={'sha256': json.dumps(list(shas)), 'checksum': _checksum(t), 'layer': self.layer})
         with atomic_write(self.dir/name, 'wb') as f: f.write(data)
@@ -186,7 +194,7 @@ class FeatureStore:
         return name
 
     def get(self, shas:list[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
-        "Features (float16) of the hashes found, and the hashes that were missing or sat in a damaged shard."
+        "Features (as stored) of the hashes found, and the hashes that were missing or sat in a damaged shard."
         found, missing, by_shard = {}, [], {}
         for s in dict.fromkeys(shas):
             if s in self.entries: by_shard.setdefault(self.entries[s][0], []).append(s)
@@ -219,6 +227,8 @@ def weights_stamp(name:str) -> str|None:
             parts += [f'{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}' for f in files]
     return hashlib.sha256('\n'.join(parts).encode('utf-8', 'surrogateescape')).hexdigest()[:20]
 
+_KNOWN = ('has_text', 'weights')   # what a cache record also answers, so that nobody loads a model to ask
+
 def _name_file(root, key:str, name:str) -> Path:
     return Path(root)/key/'names'/(hashlib.sha256(name.encode()).hexdigest()[:16] + '.json')
 
@@ -227,7 +237,8 @@ def remember_backbone(bb, root) -> None:
     stamp = weights_stamp(bb.name)
     if stamp is None: return
     f = _name_file(root, cache_key(bb), bb.name)
-    rec = {'name': bb.name, 'stamp': stamp, 'key': cache_key(bb), 'embed_dim': bb.embed_dim}
+    known = {k: getattr(bb, k) for k in _KNOWN if hasattr(bb, k)}
+    rec = {'name': bb.name, 'stamp': stamp, 'key': cache_key(bb), 'embed_dim': bb.embed_dim, 'known': known}
     if f.is_file() and json.loads(f.read_text()) == rec: return
     with atomic_write(f, 'w') as fh: json.dump(rec, fh)
 
@@ -245,10 +256,11 @@ def recall_backbone(name:str, root=None) -> dict|None:
 # %% ../../nbs/11a_features.cache.ipynb #c2848990
 class LazyBackbone:
     "A backbone known from the feature cache: its name, key and width now, the model only on first real use."
-    def __init__(self, name:str, key:str, embed_dim:int, root=None, device=None, backbone=None):
+    def __init__(self, name:str, key:str, embed_dim:int, root=None, device=None, backbone=None,
+                 known:dict|None=None): # attributes the cache record answers (`has_text`, `weights`) without loading
         self.name, self.key, self.embed_dim, self.device_ = name, key, embed_dim, device
         self.root = Path(root) if root is not None else cache_dir()/'features'
-        self._bb = backbone
+        self._bb, self._known = backbone, dict(known or {})
 
     @classmethod
     def wrap(cls, bb, root=None):
@@ -268,7 +280,8 @@ class LazyBackbone:
         return self._bb
 
     def __getattr__(self, k):
-        if k.startswith('__') or k == '_bb': raise AttributeError(k)
+        if k.startswith('__') or k in ('_bb', '_known'): raise AttributeError(k)
+        if self._bb is None and k in self._known: return self._known[k]
         return getattr(self.load(), k)
 
     def encode_text(self, texts:list[str]) -> torch.Tensor:
@@ -296,7 +309,7 @@ def recall_features(manifest:pd.DataFrame, name:str, layer:str='final', root=Non
     if len(bad): return None
     got, missing = FeatureStore(root, rec['key'], layer).get(shas)
     if missing: return None
-    return LazyBackbone(name, rec['key'], rec['embed_dim'], root, device), torch.stack([got[s].float() for s in shas])
+    return LazyBackbone(name, rec['key'], rec['embed_dim'], root, device, known=rec.get('known')), torch.stack([got[s].float() for s in shas])
 
 # %% ../../nbs/11a_features.cache.ipynb #6df9bfc3
 def cache_info(cache=None) -> pd.DataFrame:

@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save
 
 from ..core import DflabError, atomic_write, cache_dir, get_logger, set_threads
 from ..backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from .cache import (FeatureStore, backbone_key, cache_key, check_images, file_sha256, image_hashes,
-                                  remember_backbone)
+from .cache import (FeatureStore, LazyBackbone, backbone_key, cache_key, check_images, file_sha256,
+                                  image_hashes, perturbed_hashes, remember_backbone)
 
 _log = get_logger('dflab.features')
 
@@ -50,12 +50,12 @@ def _batches(dl):
         raise DflabError(msg[-1].split('DflabError: ', 1)[-1] if len(msg) > 1 else str(e)) from None
 
 def _compute(bb, manifest, rows, shas, layers, stores, batch_size, num_workers, shard_rows, progress, root,
-             flush_every:float=30.0):
+             flush_every:float=30.0, perturb=None):
     "Run the backbone over `rows` of the manifest; returns {layer: {sha: tensor}} and writes missing rows to stores."
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
     from dflab.data.datasets import ForensicDataset
-    ds = ForensicDataset(_row_subset(manifest, rows), transform=bb.preprocess, mode='image', root=root)
+    ds = ForensicDataset(_row_subset(manifest, rows), transform=bb.preprocess, mode='image', root=root, perturb=perturb)
     dl = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                     pin_memory=bb.device.type == 'cuda', persistent_workers=False,
                     prefetch_factor=4 if num_workers else None)
@@ -112,13 +112,19 @@ def extract(manifest:pd.DataFrame, # a dflab manifest (path, sha256, attrs['root
             skip_bad:bool=False, # leave missing or changed files out (`.rows`, `.rejected`) instead of failing
             shard_rows:int=2048, # flush new rows to a shard this often...
             flush_every:float=30.0, # ...or after this many seconds, so an interrupted run keeps its work
-            progress:bool=True) -> FeatureTable: # show a tqdm bar with images/s
+            progress:bool=True, # show a tqdm bar with images/s
+            perturb=None) -> FeatureTable: # a `Perturb` applied to each image first (cached under source + spec)
     "Features of every manifest row for each layer, served from the content-addressed cache where possible."
     t0 = time.time()
     bb = load_backbone(backbone, device=device) if isinstance(backbone, str) else backbone
-    layers = bb.layer_names(layers)
     croot = None if cache is False else Path(cache) if cache is not None else cache_dir()/'features'
+    # a backbone known from its cache record (`recall_features`) is loaded only if some image is not cached
+    lazy = isinstance(bb, LazyBackbone) and not bb.loaded and croot is not None and all(l == 'final' for l in layers)
+    if isinstance(bb, LazyBackbone) and not lazy: bb = bb.load()
+    layers = list(layers) if lazy else bb.layer_names(layers)
     shas, bad = check_images(manifest, root, croot, verify)   # a stat per file; a hash only where needed
+    if perturb is not None:   # a perturbed image is a new image, named by its source's hash and the perturbation
+        shas = [None if s is None else h for s, h in zip(shas, perturbed_hashes(shas, perturb))]
     if len(bad) and not skip_bad: raise _bad_rows_error(bad, len(manifest))
     if len(bad):
         _log.warning(f"features: {len(bad)} of {len(manifest)} images left out ({', '.join(sorted(set(bad.reason)))})")
@@ -126,11 +132,11 @@ def extract(manifest:pd.DataFrame, # a dflab manifest (path, sha256, attrs['root
     num_workers = _default_workers() if num_workers is None else num_workers
     stores = None
     if croot is not None:
-        key = cache_key(bb)
+        key = bb.key if lazy else cache_key(bb)
         meta = croot/key/'backbone.json'
-        if not meta.is_file():
+        if not lazy and not meta.is_file():
             with atomic_write(meta, 'w') as f: json.dump({**backbone_key(bb), 'name': bb.name, 'created': time.time()}, f, indent=1)
-        remember_backbone(bb, croot)
+        if not lazy: remember_backbone(bb, croot)
         stores = {l: FeatureStore(croot, key, l) for l in layers}
     # look up every layer; an image is computed if any layer misses it
     good = [shas[i] for i in keep]
@@ -144,8 +150,9 @@ def extract(manifest:pd.DataFrame, # a dflab manifest (path, sha256, attrs['root
     first = {}
     for i in keep: first.setdefault(shas[i], i)
     rows = sorted(first[s] for s in todo)
+    if rows and lazy: bb = bb.load()
     new = (_compute(bb, manifest, rows, shas, layers, stores, batch_size, num_workers, shard_rows, progress, root,
-                    flush_every) if rows else {l: {} for l in layers})
+                    flush_every, perturb) if rows else {l: {} for l in layers})
     table = FeatureTable()
     for l in layers:
         have = {**new[l], **{s: v.float() for s, v in cached[l].items()}}
