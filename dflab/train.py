@@ -27,7 +27,8 @@ from .report import write_csv, write_evaluation, write_json
 # %% auto #0
 __all__ = ['PROTOCOLS', 'SPLITS', 'DataConfig', 'ModelConfig', 'OptimConfig', 'TrainRunConfig', 'load_manifest', 'split_column',
            'make_splits', 'manifest_digest', 'LeanAdamW', 'open_run', 'record_data', 'restore_latest',
-           'write_checkpoint', 'Trainer', 'train', 'configs_dir', 'list_configs', 'config_path', 'train_main']
+           'write_checkpoint', 'record_epoch', 'Trainer', 'train', 'configs_dir', 'list_configs', 'config_path',
+           'train_main']
 
 # %% ../nbs/13_train.ipynb #4ff0cfcd
 @dataclass
@@ -265,6 +266,29 @@ def write_checkpoint(run:Run, state:dict, opt, save_model) -> Path:
         write_json({**state, 'optimizer': meta}, d/'trainer_state.json')   # last file: marks the checkpoint complete
     return write_dir(run.checkpoints/f"epoch-{state['epoch']}", fill)
 
+# %% ../nbs/13_train.ipynb #ea5706f2
+def record_epoch(state:dict, # the training state (`restore_latest`), updated in place
+                 logs:dict, # this epoch's values: 'epoch', 'val_<monitor>', ...
+                 monitor:str, # the validation value that picks best/: 'loss' is minimised, anything else maximised
+                 epochs:int, # the run's last epoch
+                 patience:int|None=None, # stop after this many epochs without improvement
+                 max_steps:int|None=None, # stop once state['step'] reaches this
+                 setting:str='train.monitor') -> tuple[bool, bool]: # the config key named in the error
+    "Append an epoch's logs to the state and update best/patience/stop flags; returns (improved, stop early)."
+    key = 'val_' + monitor
+    if key not in logs:
+        raise ConfigError(f"{setting} must be one of {', '.join(k[4:] for k in logs if k.startswith('val_'))}, got '{monitor}'")
+    state['history'].append(logs); state['epoch'] = epoch = logs['epoch']
+    v, best = logs[key], state['best']
+    improved = best is None or (v < best if monitor == 'loss' else v > best)
+    if improved: state.update(best=v, best_epoch=epoch, bad_epochs=0)
+    else: state['bad_epochs'] += 1
+    state['early_stopped'] = patience is not None and state['bad_epochs'] >= patience
+    stop = state['early_stopped'] or bool(max_steps and state['step'] >= max_steps)
+    state['stopped'] = bool(stop or epoch == epochs)      # final/ is published; a resume with more epochs goes on
+    return improved, stop
+
+
 # %% ../nbs/13_train.ipynb #af4d3e2a
 class Trainer:
     "Train and evaluate one detector from a `TrainRunConfig`, on one process or under `accelerate launch`."
@@ -409,14 +433,6 @@ def _val_value(self:Trainer, p:pd.DataFrame) -> dict:
     r = rank_metrics(y, s)                                         # AUC and AP in one sort
     return {'val_loss': float(p.loss.mean()), 'val_auc': r['auc'], 'val_ap': r['ap']}
 
-# %% ../nbs/13_train.ipynb #47b15465
-@patch
-def _better(self:Trainer, v:dict, best) -> bool:
-    key = 'val_' + self.cfg.train.monitor
-    if key not in v: raise ConfigError(f"train.monitor must be auc, ap or loss, got '{self.cfg.train.monitor}'")
-    if best is None: return True
-    return v[key] < best if self.cfg.train.monitor == 'loss' else v[key] > best
-
 # %% ../nbs/13_train.ipynb #a63570e9
 @patch
 def _save_checkpoint(self:Trainer, det:Detector, opt, state:dict, **extra) -> Path:
@@ -520,12 +536,7 @@ def fit(self:Trainer) -> Run:
             train_loss = self.acc.reduce(torch.tensor(train_loss, device=dev), 'mean').item()
         logs = {'epoch': epoch, 'train_loss': train_loss, **self._val_value(vp), 'lr': opt.param_groups[0]['lr'],
                 'seconds': time.time() - t0}
-        state['history'].append(logs); state['epoch'] = epoch
-        improved = self._better(logs, state['best'])
-        if improved: state.update(best=logs['val_' + t.monitor], best_epoch=epoch, bad_epochs=0)
-        else: state['bad_epochs'] += 1
-        stop = t.patience is not None and state['bad_epochs'] >= t.patience
-        state['stopped'] = bool(stop or epoch == t.epochs)
+        improved, stop = record_epoch(state, logs, t.monitor, t.epochs, t.patience)
         if self.main:
             if improved or state['stopped'] or epoch % every == 0:        # a checkpoint only when it changes something
                 self._checkpoint(det, opt, state, vp, improved)

@@ -19,7 +19,7 @@ from ..core import (DflabError, ConfigError, RunConfig, Run, at_least, atomic_wr
                         positive, read_yaml, runs_dir, seed_everything, set_threads, setup_logging, to_dict)
 from ..checkpoints import (latest_checkpoint, load_checkpoint, load_safetensors, optimizer_from_flat,
                                optimizer_to_flat, read_json, write_dir)
-from ..train import DataConfig, load_manifest, make_splits, config_path, open_run, record_data, restore_latest, write_checkpoint, _lr_factor
+from ..train import DataConfig, load_manifest, make_splits, config_path, open_run, record_data, restore_latest, write_checkpoint, record_epoch, _lr_factor
 from ..report import write_csv, write_json
 from .profiler import (LLM_LORA_TARGET, _quiet, _mixed_precision, _rss_gib, arch_counts, find_visual,
                                  load_qwen_vl, qwen_config, saved_bytes)
@@ -758,20 +758,13 @@ def fit(self:InterpreterTrainer) -> Run:
                 'val_bleu4': vm.get('prompt', {}).get('bleu4', float('nan')),
                 'val_cider': vm.get('prompt', {}).get('cider', float('nan')),
                 'lr': opt.param_groups[0]['lr'], 'seconds': time.time() - t0}
-        state['history'].append(logs); state['epoch'] = epoch
-        key = logs['val_' + t.monitor]
-        improved = state['best'] is None or (key < state['best'] if t.monitor == 'loss' else key > state['best'])
-        if improved: state.update(best=key, best_epoch=epoch, bad_epochs=0)
-        else: state['bad_epochs'] += 1
-        state['early_stopped'] = t.patience is not None and state['bad_epochs'] >= t.patience
-        stop = state['early_stopped'] or bool(t.max_steps and state['step'] >= t.max_steps)
-        state['stopped'] = bool(stop or epoch == t.epochs)
+        improved, stop = record_epoch(state, logs, t.monitor, t.epochs, t.patience, t.max_steps, 'stage2_training.monitor')
         if self.main:
             ck = self._save_checkpoint(opt, state, val=logs)
             if improved: self._publish(ck, 'best')
             if state['stopped']: self._publish(ck, 'final')
             write_csv(pd.DataFrame(state['history']), self.run/'history.csv')
-            self.log.info(f"epoch {epoch}: loss {logs['train_loss']:.4f}, val loss {vl:.4f}, val {t.monitor} {key:.4f}"
+            self.log.info(f"epoch {epoch}: loss {logs['train_loss']:.4f}, val loss {vl:.4f}, val {t.monitor} {logs['val_' + t.monitor]:.4f}"
                           f"{' (best)' if improved else ''} [{logs['seconds']:.1f}s]")
         self.acc.wait_for_everyone()
         if stop: break

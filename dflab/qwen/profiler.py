@@ -19,7 +19,7 @@ from ..core import (DflabError, ConfigError, RunConfig, Run, at_least, atomic_wr
                     positive, read_yaml, require_network, runs_dir, seed_everything, set_threads, setup_logging, to_dict)
 from ..checkpoints import (latest_checkpoint, load_checkpoint, load_safetensors, optimizer_from_flat,
                                optimizer_to_flat, read_json, write_dir)
-from ..train import DataConfig, load_manifest, make_splits, config_path, open_run, record_data, restore_latest, write_checkpoint, _lr_factor
+from ..train import DataConfig, load_manifest, make_splits, config_path, open_run, record_data, restore_latest, write_checkpoint, record_epoch, _lr_factor
 from ..report import write_csv, write_json
 
 _log = get_logger('dflab.qwen')
@@ -708,14 +708,7 @@ def fit(self:ProfilerTrainer) -> Run:
         if self.acc.num_processes > 1: tl, tp = self.acc.reduce(tl, 'mean'), self.acc.reduce(tp, 'mean')
         logs = {'epoch': epoch, 'train_loss': float(tl), **dict(zip(('bce', 'ce', 'dice'), map(float, tp))),
                 **self._val_logs(vp), 'lr': opt.param_groups[0]['lr'], 'seconds': time.time() - t0}
-        state['history'].append(logs); state['epoch'] = epoch
-        key = logs['val_' + t.monitor]
-        improved = state['best'] is None or (key < state['best'] if t.monitor == 'loss' else key > state['best'])
-        if improved: state.update(best=key, best_epoch=epoch, bad_epochs=0)
-        else: state['bad_epochs'] += 1
-        state['early_stopped'] = t.patience is not None and state['bad_epochs'] >= t.patience
-        stop = state['early_stopped'] or bool(t.max_steps and state['step'] >= t.max_steps)
-        state['stopped'] = bool(stop or epoch == t.epochs)        # final/ is published; more epochs may follow on resume
+        improved, stop = record_epoch(state, logs, t.monitor, t.epochs, t.patience, t.max_steps, 'stage1_training.monitor')
         if self.main:
             from dflab.metrics import choose_threshold
             thr = choose_threshold(vp['label'], vp['score'], t.threshold)
