@@ -123,7 +123,11 @@ def extract(manifest:pd.DataFrame, # a dflab manifest (path, sha256, attrs['root
     if isinstance(bb, LazyBackbone) and not lazy: bb = bb.load()
     layers = list(layers) if lazy else bb.layer_names(layers)
     shas, bad = check_images(manifest, root, croot, verify)   # a stat per file; a hash only where needed
-    if perturb is not None:   # a perturbed image is a new image, named by its source's hash and the perturbation
+    if perturb is not None and croot is not None:   # a perturbed image is a new image, named by source and perturbation
+        from dflab.data.protocols import Perturb
+        if not isinstance(perturb, Perturb):
+            raise DflabError(f"perturbed images are cached under the perturbation's spec, so it must be a dflab Perturb "
+                             f"(e.g. parse_perturbations('jpeg:75')), not {type(perturb).__name__}; or pass cache=False")
         shas = [None if s is None else h for s, h in zip(shas, perturbed_hashes(shas, perturb))]
     if len(bad) and not skip_bad: raise _bad_rows_error(bad, len(manifest))
     if len(bad):
