@@ -113,14 +113,14 @@ def cache_key(bb:Backbone) -> str:
 
 def _layer_dir(layer:str) -> str: return layer.replace(':', '-').replace('*', 'all')
 
-_AUX = ('names', 'text')
+_AUX = ('names', 'text')   # beside the layer stores of a key: the names it was reached by, cached text embeddings
 
 def perturbed_hashes(shas:list[str], # sha256 of the source images
                      perturb) -> list[str]: # a `dflab.data.protocols.Perturb` (None: the images as they are)
     "Cache names of perturbed images: a `Perturb` draws from its seed and the image's content, so source + spec name the result."
     if perturb is None: return list(shas)
     spec = repr(perturb)
-    return [hashlib.sha256(f'{s}|{spec}'.encode()).hexdigest() for s in shas]   # beside the layer stores of a key: the names it was reached by, cached text embeddings
+    return [hashlib.sha256(f'{s}|{spec}'.encode()).hexdigest() for s in shas]
 
 # %% ../../nbs/11a_features.cache.ipynb #22af3ab7
 def _checksum(t:torch.Tensor) -> str:
