@@ -238,6 +238,7 @@ def baseline_manifest_features(manifest, # a dflab manifest (paths resolve again
     pos = np.arange(len(manifest)) if positions is None else np.asarray(positions, dtype=int)
     if cache is False or (perturb is not None and not isinstance(perturb, Perturb)) or not len(pos):
         return _compute_baseline(paths, pos, perturb, chunk)   # an arbitrary callable has no name to cache it by
+    import torch
     from dflab.features.cache import check_images, perturbed_hashes
     store = baseline_store(cache)
     sub = manifest.iloc[pos]; sub.attrs = dict(manifest.attrs)
@@ -248,15 +249,10 @@ def baseline_manifest_features(manifest, # a dflab manifest (paths resolve again
     if missing:
         first = {}
         for p, k in zip(pos, keys): first.setdefault(k, p)
-        new = _compute_baseline(paths, np.array([first[k] for k in missing]), perturb, chunk)
-        store.put(missing, _as_tensor(new))
-        found.update(zip(missing, _as_tensor(new)))
+        new = torch.from_numpy(_compute_baseline(paths, np.array([first[k] for k in missing]), perturb, chunk))
+        store.put(missing, new)
+        found.update(zip(missing, new))
     return np.stack([found[k].numpy() for k in keys])
-
-def _as_tensor(a:np.ndarray):
-    "float32 rows as a CPU tensor for the feature store."
-    import torch
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 def fit_baseline(X:np.ndarray, # `baseline_features` of the training rows
                  y, # their labels (0 real / 1 fake), or generator names for identification
