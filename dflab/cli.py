@@ -36,6 +36,7 @@ COMMANDS = {
     'pretrain': {
         'clip':     ('dflab.pretrain:pretrain_main', "pretrain the tiny offline CLIP (the package's default weights)"),
         'ldm':      ('dflab.lare.pretrain:ldm_main', "train the tiny latent diffusion model LaRE reads offline (the package's default)"),
+        'qwen':     ('dflab.qwen.pretrain:qwen_main', "caption-pretrain the tiny Qwen2.5-VL (then base_model=tiny@FILE)"),
     },
     'bench': {
         'features': ('dflab.features.extract:bench_main', 'benchmark feature extraction and the cache'),

@@ -305,7 +305,7 @@ class Stage2Lora:
 @dataclass
 class InterpreterModelConfig:
     "The base model, the Stage 1 tower it carries, and Stage 2 LoRA."
-    base_model: str = 'tiny'            # 'tiny' (random weights), a Qwen2.5-VL model folder, or a hub id (online only)
+    base_model: str = 'tiny'            # 'tiny' (random), 'tiny@FILE' (pretrained), a model folder, or a hub id
     stage1_checkpoint: str|None = None  # a Profiler run (or its best/): its merged_visual/ replaces the base tower
     freeze_vision: bool = True          # Stage 2 trains the language model only
     stage2_lora: Stage2Lora = field(default_factory=Stage2Lora)

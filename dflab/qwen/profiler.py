@@ -26,15 +26,15 @@ _log = get_logger('dflab.qwen')
 
 # %% auto #0
 __all__ = ['ARCHS', 'QWEN_SPECIAL', 'CHAT_TEMPLATE', 'VISION_LORA_TARGET', 'LLM_LORA_TARGET', 'qwen_config', 'tiny_tokenizer',
-           'tiny_image_processor', 'tiny_processor', 'load_qwen_vl', 'save_tiny_qwen', 'find_visual',
-           'load_vision_tower', 'window_index', 'patch_grids', 'merged_tokens', 'LoraSettings', 'add_vision_lora',
-           'MaskDecoder', 'ProfilerHeads', 'Profiler', 'LossWeights', 'dice_loss', 'profiler_loss', 'ProfilerSet',
-           'ProfilerCollate', 'ProfilerModelConfig', 'Stage1Training', 'ProfilerRunConfig', 'build_profiler',
-           'trainable_state', 'save_profiler', 'load_profiler', 'export_stage2', 'ProfilerTrainer', 'profiler_metrics',
-           'format_metrics', 'train_profiler', 'profile_train_main', 'profile_eval_main', 'profile_images',
-           'format_profile', 'infer_main', 'lora_count', 'arch_counts', 'saved_bytes', 'block_bytes_per_token',
-           'memory_table', 'bench_profiler', 'contextlib_null', 'bench_main', 'ProfilerTower', 'profiler_tower',
-           'plot_heatmaps']
+           'tiny_image_processor', 'tiny_processor', 'is_tiny', 'tiny_weights', 'load_qwen_vl', 'save_tiny_qwen',
+           'find_visual', 'load_vision_tower', 'window_index', 'patch_grids', 'merged_tokens', 'LoraSettings',
+           'add_vision_lora', 'MaskDecoder', 'ProfilerHeads', 'Profiler', 'LossWeights', 'dice_loss', 'profiler_loss',
+           'ProfilerSet', 'ProfilerCollate', 'ProfilerModelConfig', 'Stage1Training', 'ProfilerRunConfig',
+           'build_profiler', 'trainable_state', 'save_profiler', 'load_profiler', 'export_stage2', 'ProfilerTrainer',
+           'profiler_metrics', 'format_metrics', 'train_profiler', 'profile_train_main', 'profile_eval_main',
+           'profile_images', 'format_profile', 'infer_main', 'lora_count', 'arch_counts', 'saved_bytes',
+           'block_bytes_per_token', 'memory_table', 'bench_profiler', 'contextlib_null', 'bench_main', 'ProfilerTower',
+           'profiler_tower', 'plot_heatmaps']
 
 # %% ../../nbs/18_qwen.profiler.ipynb #6a5f70e6
 _VISION_REAL = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
@@ -161,16 +161,41 @@ def _check_folder(source:str) -> Path:
         return None
     raise DflabError(f"Qwen2.5-VL model '{source}' is neither 'tiny', a model folder nor a hub id (owner/name)")
 
-def _tiny_visual(seed:int=0, attn_implementation:str|None=None) -> nn.Module:
-    "The tiny vision tower alone, initialised by transformers from `seed` (the full tiny model carries the same one)."
+def is_tiny(source:str) -> bool:
+    "Whether `source` names the tiny model: 'tiny' (seeded random weights) or 'tiny@FILE' (pretrained by dflab)."
+    return source == 'tiny' or source.startswith('tiny@')
+
+def tiny_weights(source:str='tiny') -> dict|None:
+    "The tensors of a 'tiny@FILE' source (written by `dflab pretrain qwen`); None for 'tiny'."
+    from safetensors.torch import load_file
+    if source == 'tiny': return None
+    p = Path(source.partition('@')[2]).expanduser()
+    if not p.is_file():
+        raise DflabError(f"tiny Qwen2.5-VL weights {p} not found; write them with `dflab pretrain qwen --out FILE`, "
+                         "or use base_model=tiny")
+    try: return {k: v.float() for k, v in load_file(str(p)).items()}
+    except Exception as e: raise DflabError(f"{p} is not a safetensors file of the tiny Qwen2.5-VL: {e}")
+
+def _load_tiny(module:nn.Module, state:dict, source:str):
+    try: module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise DflabError(f"the weights '{source}' names do not fit the tiny Qwen2.5-VL: {str(e).splitlines()[0]}")
+
+def _tiny_visual(seed:int=0, attn_implementation:str|None=None,
+                 source:str='tiny') -> nn.Module: # 'tiny' (seeded random) or 'tiny@FILE' (pretrained)
+    "The tiny vision tower alone: initialised by transformers from `seed`, then the pretrained weights `source` names."
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel as VT
     cfg = qwen_config('tiny').vision_config
     if attn_implementation: cfg._attn_implementation = attn_implementation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return VT._from_config(cfg)
+        vt = VT._from_config(cfg)
+    sd = tiny_weights(source)
+    if sd is not None:
+        _load_tiny(vt, {k[len('model.visual.'):]: v for k, v in sd.items() if k.startswith('model.visual.')}, source)
+    return vt
 
-def load_qwen_vl(source:str='tiny', # 'tiny', a model folder, or a hub id (online only)
+def load_qwen_vl(source:str='tiny', # 'tiny' (random), 'tiny@FILE' (pretrained), a model folder, or a hub id
                  dtype=None, # torch dtype of the weights (None: float32 on CPU)
                  device_map=None, # passed to from_pretrained (e.g. 'auto' to spread a 7B model over GPUs)
                  attn_implementation:str|None=None, # 'sdpa', 'eager', 'flash_attention_2' (None: transformers' choice)
@@ -178,13 +203,15 @@ def load_qwen_vl(source:str='tiny', # 'tiny', a model folder, or a hub id (onlin
     "(model, processor): a `Qwen2_5_VLForConditionalGeneration` and its `AutoProcessor`."
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
     offline_mode()
-    if source == 'tiny':
+    if is_tiny(source):
         cfg = qwen_config('tiny')
         if attn_implementation: cfg._attn_implementation = attn_implementation
         with torch.random.fork_rng(devices=[]):           # transformers' own initialisation, seeded
             torch.manual_seed(seed + 1)
             model = Qwen2_5_VLForConditionalGeneration(cfg)
         model.model.visual.load_state_dict(_tiny_visual(seed, attn_implementation).state_dict())
+        sd = tiny_weights(source)
+        if sd is not None: _load_tiny(model, sd, source)
         proc = tiny_processor()
         tk = proc.tokenizer
         model.config.text_config.pad_token_id = tk.pad_token_id; model.config.text_config.eos_token_id = tk.eos_token_id
@@ -198,9 +225,9 @@ def load_qwen_vl(source:str='tiny', # 'tiny', a model folder, or a hub id (onlin
     with _quiet(): model = Qwen2_5_VLForConditionalGeneration.from_pretrained(src, **kw)
     return model, AutoProcessor.from_pretrained(src)
 
-def save_tiny_qwen(path, seed:int=0) -> Path:
-    "Write the tiny Qwen2.5-VL (random weights) and its processor as a transformers folder."
-    model, proc = load_qwen_vl('tiny', seed=seed)
+def save_tiny_qwen(path, seed:int=0, source:str='tiny') -> Path:
+    "Write the tiny Qwen2.5-VL (`source`: 'tiny' random, or 'tiny@FILE') and its processor as a transformers folder."
+    model, proc = load_qwen_vl(source, seed=seed)
     path = Path(path)
     with _quiet(): model.save_pretrained(path); proc.save_pretrained(path)
     return path
@@ -232,14 +259,14 @@ def _vision_state(folder:Path) -> dict:
     if not out: raise DflabError(f"{folder} holds no vision tower weights (no 'visual.' tensors)")
     return out
 
-def load_vision_tower(source:str='tiny', # 'tiny', a model folder, or a hub id (online only)
+def load_vision_tower(source:str='tiny', # 'tiny' (random), 'tiny@FILE' (pretrained), a model folder, or a hub id
                       dtype=None, # weights' dtype (None: the folder's, float32 for tiny)
                       attn_implementation:str|None=None, seed:int=0):
     "(vision tower, image processor) of a Qwen2.5-VL model, without its language model."
     from transformers import AutoConfig, AutoProcessor
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel as VT
-    if source == 'tiny':
-        vt = _tiny_visual(seed, attn_implementation)
+    if is_tiny(source):
+        vt = _tiny_visual(seed, attn_implementation, source)
         return (vt.to(dtype) if dtype is not None else vt), _image_processor('tiny')
     folder = _check_folder(source)
     if folder is None:                                    # a hub id, online: the full model, then its tower
@@ -438,7 +465,7 @@ class ProfilerCollate:
 @dataclass
 class ProfilerModelConfig:
     "The base model, Stage 1 LoRA and heads."
-    base_model: str = 'tiny'            # 'tiny' (random weights), a Qwen2.5-VL model folder, or a hub id (online only)
+    base_model: str = 'tiny'            # 'tiny' (random), 'tiny@FILE' (pretrained), a model folder, or a hub id
     stage1_lora: LoraSettings = field(default_factory=LoraSettings)
     head_hidden: int = checked(256, positive)
     decoder_width: int = checked(32, positive)
@@ -547,7 +574,7 @@ def load_profiler(path, # a saved Profiler directory, or a run directory (its be
 
 def _image_processor(source:str):
     from transformers import AutoProcessor
-    if source == 'tiny': return tiny_image_processor()
+    if is_tiny(source): return tiny_image_processor()
     return AutoProcessor.from_pretrained(_check_folder(source) or source).image_processor
 
 # %% ../../nbs/18_qwen.profiler.ipynb #e0ff3d0f
