@@ -32,7 +32,7 @@ def test_the_record_describes_the_run(pretrained):
     assert set(rec['heldout']) == {'random', 'pretrained'}
 
 
-def test_tiny_at_file_loads_the_file_in_every_entry_point(prof, pretrained):
+def test_tiny_at_file_loads_the_file_in_the_loaders_the_profiler_and_the_interpreter(prof, pretrained, tmp_path):
     out, _ = pretrained
     sd_file = {k: v.float() for k, v in load_file(str(out)).items()}
     model, _ = prof.load_qwen_vl(f'tiny@{out}')
@@ -44,6 +44,12 @@ def test_tiny_at_file_loads_the_file_in_every_entry_point(prof, pretrained):
     assert not torch.equal(rand[w], sd[w])
     vt, _ = prof.load_vision_tower(f'tiny@{out}')                       # the tower alone, as the Profiler loads it
     for k, v in vt.state_dict().items(): assert torch.equal(v, sd['model.visual.' + k]), k
+    pm, _ = prof.build_profiler(prof.ProfilerModelConfig(base_model=f'tiny@{out}'), ['a', 'b'])
+    pe = [p for n, p in pm.named_parameters() if n.endswith('patch_embed.proj.weight')]
+    assert len(pe) == 1 and torch.equal(pe[0].detach(), sd['model.visual.patch_embed.proj.weight'])
+    prof.save_tiny_qwen(tmp_path/'folder', source=f'tiny@{out}')        # the real folder format keeps the weights
+    vf, _ = prof.load_vision_tower(str(tmp_path/'folder'))
+    for k, v in vf.state_dict().items(): assert torch.equal(v, sd['model.visual.' + k]), k
     from dflab.qwen.interpreter import InterpreterModelConfig, build_interpreter
     im, _ = build_interpreter(InterpreterModelConfig(base_model=f'tiny@{out}'))
     emb = im.get_input_embeddings().weight                              # no random redraw over a pretrained base
@@ -51,6 +57,7 @@ def test_tiny_at_file_loads_the_file_in_every_entry_point(prof, pretrained):
 
 
 def test_bad_tiny_weights_fail_clearly(prof, tmp_path):
+    with pytest.raises(prof.DflabError, match="'tiny@' names no file"): prof.load_qwen_vl('tiny@')
     with pytest.raises(prof.DflabError, match='not found.*pretrain qwen --out'):
         prof.load_qwen_vl(f'tiny@{tmp_path}/none.safetensors')
     from dflab.pretrain import WEIGHTS_DIR

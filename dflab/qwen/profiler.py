@@ -169,7 +169,10 @@ def tiny_weights(source:str='tiny') -> dict|None:
     "The tensors of a 'tiny@FILE' source (written by `dflab pretrain qwen`); None for 'tiny'."
     from safetensors.torch import load_file
     if source == 'tiny': return None
-    p = Path(source.partition('@')[2]).expanduser()
+    w = source.partition('@')[2]
+    if not w: raise DflabError("base_model 'tiny@' names no file; write one with `dflab pretrain qwen --out FILE` and "
+                               "pass tiny@FILE, or use base_model=tiny")
+    p = Path(w).expanduser()
     if not p.is_file():
         raise DflabError(f"tiny Qwen2.5-VL weights {p} not found; write them with `dflab pretrain qwen --out FILE`, "
                          "or use base_model=tiny")
