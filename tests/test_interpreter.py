@@ -1,6 +1,6 @@
 """The Qwen2.5-VL Stage 2 Interpreter: assistant-only labels, LoRA on the language model only, the text metrics, the
 DDVQA / M2F2-Det readers, and a Stage 1 -> Stage 2 -> `dflab infer --stage both` run on the tiny model."""
-import json, math
+import dataclasses, json, math
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -27,14 +27,15 @@ def man():
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-    "A one-epoch Stage 1 run, then a 4-step Stage 2 debug run with evidence over it, both through `dflab train`."
+    "A one-epoch Stage 1 run, then a 4-step Stage 2 debug run with Stage 1 and content evidence, both through `dflab train`."
     out = tmp_path_factory.mktemp('runs')
     rc, o, e = run_cli('train', '--config', 'profiler-tiny', f'run.out_dir={out}', 'stage1_training.epochs=1',
                        'stage1_training.batch_size=64', 'stage1_training.eval_batch_size=128')
     assert rc == 0, e
     s1 = out/'profiler-tiny'
     rc, o, e = run_cli('train', '--config', 'interpreter-tiny', '--debug', '--steps', '4', f'run.out_dir={out}',
-                       f'model.stage1_checkpoint={s1}', 'stage2_training.evidence=true', 'generation.max_new_tokens=24')
+                       f'model.stage1_checkpoint={s1}', 'stage2_training.evidence=true',
+                       'stage2_training.content_evidence=true', 'generation.max_new_tokens=24')
     assert rc == 0, e
     return s1, out/'interpreter-tiny', o
 
@@ -128,6 +129,13 @@ def test_train_resume_test_and_reload(I, runs):
     m = json.loads((rd/'metrics.json').read_text())
     assert m['evidence'] and m['constrained']['consistency']['rate'] == 1.0 and m['free']['judgement']['n'] == 105
     assert {'bleu4', 'rouge_l', 'cider'} <= set(m['free']['prompt']) and 'majority' in m['free']['slots']['all']
+    # content evidence: the reader's prompts are kept, scored on their own, and fixed into the constrained reports
+    assert m['content_evidence'] and m['reader_slots']['all']['n'] == m['free']['slots']['all']['n']
+    rep = pd.read_csv(rd/'reports.csv')
+    fake = rep.constrained_report.str.contains('AI-generated')
+    assert fake.any() and all(f"3. Predicted Prompt: {r.content_evidence}\n" in r.constrained_report
+                              for r in rep[fake].itertuples())
+    assert m['constrained']['slots']['all']['accuracy'] > 0
     state = json.loads((rd/'checkpoints'/'epoch-1'/'trainer_state.json').read_text())
     assert state['step'] == 4 and state['stopped']
     rc, o, e = run_cli('train', '--config', str(rd/'config.yaml'), '--resume', str(rd), '--mode', 'train', '--steps', '4')
@@ -147,6 +155,7 @@ def test_infer_both_prints_both_blocks_and_json(I, runs, man, tmp_path):
     assert o.count('Detection: ') == 2 and o.count('Analysis Result:\n1. Authenticity: ') == 2
     recs = [json.loads(l) for l in (tmp_path/'r.jsonl').read_text().splitlines()]
     assert len(recs) == 2 and all(r['consistent'] and r['constrained'] and 'stage1' in r for r in recs)
+    assert all(r['content_evidence'].startswith('a ') and ', over ' in r['content_evidence'] for r in recs)
     rc, o2, e = run_cli('infer', '--stage', 'profiling', *imgs, '--stage1-checkpoint', s1)
     assert rc == 0 and 'Analysis Result' not in o2 and o2.count('Detection: ') == 2, e
     rc, o, e = run_cli('infer', '--stage', 'interpreting', *imgs, '--stage2-checkpoint', rd)
@@ -156,6 +165,8 @@ def test_infer_both_prints_both_blocks_and_json(I, runs, man, tmp_path):
 @pytest.mark.parametrize('args,code,msg', [
     (('train', '--config', 'interpreter-tiny', 'stage2_training.evidence=true'), 2, 'needs Stage 1'),
     (('train', '--config', 'interpreter-tiny', 'model.freeze_vision=false'), 2, 'freeze_vision must be true'),
+    (('train', '--config', 'interpreter-tiny', 'stage2_training.content_evidence=true', 'stage2_training.clip_backbone=null'),
+     2, 'set stage2_training.clip_backbone'),
     (('train', '--config', 'interpreter-tiny', 'stage2_training.monitor=meteor'), 2, 'monitor must be one of'),
     (('infer', '--stage', 'interpreting', 'x.png'), 1, 'needs the Stage 2 interpreter'),
     (('bench', 'interpreter', '--arch', '7b', '--device', 'cpu'), 1, 'needs a GPU'),
@@ -163,6 +174,28 @@ def test_infer_both_prints_both_blocks_and_json(I, runs, man, tmp_path):
 def test_bad_inputs_fail_clearly(args, code, msg, tmp_path):
     rc, o, e = run_cli(*args, *(('run.out_dir=' + str(tmp_path),) if args[0] == 'train' else ()))
     assert rc == code and msg in e, (rc, e)
+
+
+def test_prompt_reader_reads_a_prompts_own_embedding_back(I):
+    "Given a caption's own text embedding as the image feature, the reader must return that caption, every slot right."
+    from dflab.backbones import load_backbone
+    from dflab.synth import GRAMMAR
+    clip = load_backbone('openclip:dflab-tiny')
+    reader, ascent = I.PromptReader(clip), I.PromptReader(clip, rounds=2)
+    rng = np.random.default_rng(0)
+    truth = [{k: str(rng.choice(v)) for k, v in reader.values.items()} for _ in range(6)]
+    prompts = [I.grammar_prompt(t) for t in truth]
+    feats = reader.embed(prompts)
+    one, more = reader.prompts(feats), ascent.prompts(feats)
+    sim = lambda ps: (feats * reader.embed(ps)).sum(-1)
+    assert (sim(more) >= sim(one) - 1e-6).all()              # re-reading in context never lowers the match
+    assert sum(a == b for a, b in zip(more, prompts)) >= 5
+    got = reader.read(feats)                                  # one reading per slot: well above the 1/19 .. 1/5 of chance
+    assert sum(g[k] == t[k] for g, t in zip(got, truth) for k in t) >= 0.4 * 6 * len(truth)
+    assert all(I.prompt_slots(p)['objects'][0]['colour'] == t['colour'] for p, t in zip(prompts, truth))
+    assert len(reader.image_features([])) == 0
+    with pytest.raises(I.DflabError, match='text tower'):
+        I.PromptReader(dataclasses.replace(clip, make_tokenizer=None))
 
 
 def test_accelerate_deepspeed_configs_read_back(I):

@@ -32,12 +32,12 @@ __all__ = ['ANALYSIS_QUESTION', 'AUTHENTICITY', 'SLOTS', 'TINY_EMBED_STD', 'MONI
            'consistency_rate', 'parse_judgement', 'read_judgements', 'score_judgements', 'Stage2Lora',
            'InterpreterModelConfig', 'merged_tower_dir', 'load_stage1_tower', 'add_language_lora', 'tiny_language_init',
            'build_interpreter', 'evidence_sentence', 'messages', 'InterpreterSet', 'InterpreterCollate',
-           'GenerationSettings', 'constrained_prefix', 'generate_reports', 'stage1_decisions', 'manifest_files',
-           'Stage2Training', 'InterpreterRunConfig', 'interpreter_metrics', 'format_interpreter_metrics',
-           'InterpreterTrainer', 'lora_state', 'save_interpreter', 'load_interpreter', 'train_interpreter',
-           'interpret_train_main', 'metrics_table', 'interpret_images', 'infer_main', 'stage2_counts',
-           'lm_layer_bytes_per_token', 'stage2_memory_table', 'check_accelerate_config', 'bench_interpreter',
-           'bench_main']
+           'grammar_prompt', 'content_sentence', 'PromptReader', 'read_prompts', 'GenerationSettings',
+           'constrained_prefix', 'generate_reports', 'stage1_decisions', 'manifest_files', 'Stage2Training',
+           'InterpreterRunConfig', 'interpreter_metrics', 'format_interpreter_metrics', 'InterpreterTrainer',
+           'lora_state', 'save_interpreter', 'load_interpreter', 'train_interpreter', 'interpret_train_main',
+           'metrics_table', 'interpret_images', 'infer_main', 'stage2_counts', 'lm_layer_bytes_per_token',
+           'stage2_memory_table', 'check_accelerate_config', 'bench_interpreter', 'bench_main']
 
 # %% ../../nbs/18a_qwen.interpreter.ipynb #861f4156
 ANALYSIS_QUESTION = ("Analyse this image. Is it real or AI-generated? If it is generated, name the generator model "
@@ -436,6 +436,68 @@ class InterpreterCollate:
         labels[enc['attention_mask'] == 0] = -100
         return {**enc, 'labels': labels, 'index': torch.tensor([it['index'] for it in items])}
 
+# %% ../../nbs/18a_qwen.interpreter.ipynb #97f36929
+def grammar_prompt(slots:dict) -> str:
+    "A one-object prompt of the embedded benchmark's grammar from its slot values, written as `dflab.synth` writes it."
+    tex = '' if slots['texture'] == 'plain' else slots['texture'] + ' '
+    st = '' if slots['style'] == 'plain' else slots['style'] + ' '
+    w = f"{slots['colour']} {tex}{slots['shape']}"
+    return f"a {st}photo of {'an' if w[0] in 'aeiou' else 'a'} {w} {slots['position']}, over {slots['setting']}"
+
+def content_sentence(prompt:str) -> str:
+    "The content reading as the sentence content-evidence bridging puts into the question."
+    return f" Content evidence: {prompt}."
+
+class PromptReader:
+    "Zero-shot prompt slots from a CLIP (`clip`: a dflab Backbone with a text tower), by ranking grammar prompts."
+    def __init__(self, clip, rounds:int=0, batch_size:int=2048):
+        from dflab.synth import GRAMMAR
+        if not clip.has_text: raise DflabError(f"the prompt reader needs a CLIP with a text tower; {clip.name} has none")
+        self.clip, self.rounds, self.batch_size = clip, int(rounds), int(batch_size)
+        self.values = {'setting': list(GRAMMAR['setting'].values()), 'style': list(GRAMMAR['style']),
+                       'colour': list(GRAMMAR['colour']), 'texture': list(GRAMMAR['texture']),
+                       'shape': list(GRAMMAR['shape']), 'position': list(GRAMMAR['position'])}
+        self.neutral = {k: v[0] for k, v in self.values.items()}
+        self._emb = {}                                         # caption -> normalised text embedding
+    @torch.no_grad()
+    def embed(self, captions:list[str]) -> torch.Tensor:
+        "Normalised text embeddings (len(captions), d), each caption embedded once per reader."
+        new = list(dict.fromkeys(c for c in captions if c not in self._emb))
+        for s in range(0, len(new), self.batch_size):
+            e = F.normalize(self.clip.encode_text(new[s:s + self.batch_size]).float(), dim=-1).cpu()
+            self._emb.update(zip(new[s:s + self.batch_size], e))
+        return torch.stack([self._emb[c] for c in captions])
+    def read(self, features) -> list[dict]:
+        "Slot values for each row of image `features` (N, d) of this CLIP (its 'final' layer)."
+        f = F.normalize(torch.as_tensor(np.asarray(features, dtype=np.float32)), dim=-1)
+        cur = [dict(self.neutral) for _ in range(len(f))]
+        for k, vs in self.values.items():                       # each slot against the neutral prompt
+            best = (f @ self.embed([grammar_prompt({**self.neutral, k: v}) for v in vs]).T).argmax(1).tolist()
+            for c, b in zip(cur, best): c[k] = vs[b]
+        for _ in range(self.rounds):                            # then each slot in the context of the others
+            for k, vs in self.values.items():
+                e = self.embed([grammar_prompt({**c, k: v}) for c in cur for v in vs]).view(len(f), len(vs), -1)
+                best = torch.einsum('nd,nvd->nv', f, e).argmax(1).tolist()
+                for c, b in zip(cur, best): c[k] = vs[b]
+        return cur
+    def prompts(self, features) -> list[str]:
+        "The prompt read for each row of image `features`."
+        return [grammar_prompt(s) for s in self.read(features)]
+    @torch.no_grad()
+    def image_features(self, images:list, batch_size:int=64) -> torch.Tensor:
+        "This CLIP's 'final' features of PIL images."
+        out = []
+        for s in range(0, len(images), batch_size):
+            x = torch.stack([self.clip.preprocess(im.convert('RGB')) for im in images[s:s + batch_size]])
+            out.append(self.clip.encode_image(x).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.clip.embed_dim)
+
+def read_prompts(clip, manifest:pd.DataFrame, rounds:int=0) -> list[str]:
+    "The prompt `PromptReader` reads for every row of `manifest`, from the feature cache's 'final' features of `clip`."
+    from dflab.features.extract import extract
+    feats = extract(manifest, clip, progress=False)['final']
+    return PromptReader(clip, rounds).prompts(feats)
+
 # %% ../../nbs/18a_qwen.interpreter.ipynb #e39f182d
 @dataclass
 class GenerationSettings:
@@ -448,10 +510,11 @@ class GenerationSettings:
     repetition_penalty: float = checked(1.0, positive)
     batch_size: int = checked(16, positive)
 
-def constrained_prefix(fake:bool, generator:str|None) -> str:
-    "The start of a report fixed by Stage 1's decisions."
+def constrained_prefix(fake:bool, generator:str|None, prompt:str|None=None) -> str:
+    "The start of a report fixed by Stage 1's decisions (and, for a fake, by the content reader's `prompt` if given)."
     if not fake: return f"1. Authenticity: {AUTHENTICITY[0]}\n"
-    return f"1. Authenticity: {AUTHENTICITY[1]}\n2. Generator Model: {generator}\n"
+    return f"1. Authenticity: {AUTHENTICITY[1]}\n2. Generator Model: {generator}\n" + (
+        f"3. Predicted Prompt: {prompt}\n" if prompt else '')
 
 @torch.no_grad()
 def generate_reports(model, processor, images:list, questions:list[str], settings:GenerationSettings|None=None,
@@ -502,9 +565,10 @@ class Stage2Training:
     grad_clip: float|None = checked(1.0, positive)
     mixed_precision: str = 'auto'       # auto (bf16 on capable GPUs) | no | fp16 | bf16
     evidence: bool = False              # put Stage 1's decisions into the question (needs model.stage1_checkpoint)
+    content_evidence: bool = False      # put the prompt `PromptReader` reads with clip_backbone into the question
     monitor: str = 'score'              # best/ by: score (mean of judgement acc, slot acc, ROUGE-L) | rouge_l | bleu4 | cider | slot_accuracy | judgement_accuracy | loss
     val_limit: int|None = checked(None, positive)   # generate on at most this many validation rows per epoch
-    clip_backbone: str|None = None      # a dflab backbone whose text tower scores prompt similarity at test time
+    clip_backbone: str|None = None      # a dflab CLIP: prompt similarity at test time, and the content reader
     patience: int|None = checked(None, at_least(1))
     max_steps: int|None = checked(None, positive)
     num_workers: int = checked(0, at_least(0))
@@ -546,6 +610,10 @@ def interpreter_metrics(reports:list[str], manifest:pd.DataFrame, indices, train
             out['prompt']['clip_text_similarity'] = float((a * r).sum(-1).mean())
         sa = slot_accuracy(refs, cands, majority_slots(train_prompts) if train_prompts is not None else None)
         out['slots'] = sa.to_dict(orient='index')
+        judged = [p['label'] == 1 for p, h in zip(parsed, has) if h]     # the prompt apart from the judgement
+        if any(judged):
+            sj = slot_accuracy([r for r, j in zip(refs, judged) if j], [c for c, j in zip(cands, judged) if j])
+            out['slots_judged_fake'] = {'n': int(sum(judged)), 'accuracy': float(sj.loc['all', 'accuracy'])}
     if stage1 is not None:
         s1 = stage1.to_dict('records')
         out['consistency'] = {'n': len(s1), 'rate': consistency_rate(parsed, s1)}
@@ -586,6 +654,9 @@ class InterpreterTrainer:
             raise ConfigError("model.freeze_vision must be true: Stage 2 trains the language model only")
         if t.evidence and not cfg.model.stage1_checkpoint:
             raise ConfigError("stage2_training.evidence needs Stage 1's decisions: set model.stage1_checkpoint to a Profiler run")
+        if t.content_evidence and not t.clip_backbone:
+            raise ConfigError("stage2_training.content_evidence reads the prompt with a CLIP: set stage2_training.clip_backbone "
+                              "(e.g. openclip:dflab-tiny)")
         self.cfg = cfg
         offline_mode(); set_threads(cfg.run.threads)
         device = pick_device(cfg.run.device)
@@ -603,8 +674,15 @@ class InterpreterTrainer:
         if cfg.model.stage1_checkpoint:
             self.stage1 = stage1_decisions(cfg.model.stage1_checkpoint, manifest_files(self.manifest),
                                            device=str(self.acc.device))
-        self.evidence = ({i: evidence_sentence(r.fake, r.score, r.generator, r.generator_conf)
-                          for i, r in enumerate(self.stage1.itertuples())} if t.evidence else None)
+        ev, self.clip, self.read = [''] * len(self.manifest), None, None
+        if t.evidence:
+            ev = [e + evidence_sentence(r.fake, r.score, r.generator, r.generator_conf) for e, r in zip(ev, self.stage1.itertuples())]
+        if t.content_evidence:
+            from dflab.backbones import load_backbone
+            self.clip = load_backbone(t.clip_backbone, device=str(self.acc.device))
+            self.read = read_prompts(self.clip, self.manifest)
+            ev = [e + content_sentence(p) for e, p in zip(ev, self.read)]
+        self.evidence = dict(enumerate(ev)) if t.evidence or t.content_evidence else None
         self.model, self.processor = build_interpreter(cfg.model, self.acc.device)
 
 # %% ../../nbs/18a_qwen.interpreter.ipynb #47c10f37
@@ -647,7 +725,8 @@ def generate(self:InterpreterTrainer, model, split:str, indices=None, constrain:
     ds, g, texts = InterpreterSet(self.manifest, mine, self.evidence), self.cfg.generation, []
     for s in range(0, len(ds), g.batch_size):                 # images are read one generation batch at a time
         items = [ds[i] for i in range(s, min(s + g.batch_size, len(ds)))]
-        pre = [constrained_prefix(bool(self.stage1.fake.iloc[it['index']]), self.stage1.generator.iloc[it['index']])
+        pre = [constrained_prefix(bool(self.stage1.fake.iloc[it['index']]), self.stage1.generator.iloc[it['index']],
+                                  self.read[it['index']] if self.read is not None else None)
                for it in items] if constrain else None
         texts += generate_reports(self.acc.unwrap_model(model), self.processor, [it['image'] for it in items],
                                   [it['question'] for it in items], g, pre)
@@ -674,7 +753,9 @@ def save_interpreter(model, cfg:InterpreterRunConfig, path, extra:dict|None=None
     from safetensors.torch import save
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     with atomic_write(path/'model.safetensors') as f: f.write(save(lora_state(model)))
-    meta = {'detector': {'name': 'qwen-interpreter', 'model': to_dict(cfg.model), 'evidence': cfg.stage2_training.evidence,
+    t = cfg.stage2_training
+    meta = {'detector': {'name': 'qwen-interpreter', 'model': to_dict(cfg.model), 'evidence': t.evidence,
+                         'content_evidence': t.content_evidence, 'clip_backbone': t.clip_backbone,
                          'generation': to_dict(cfg.generation)}, **(extra or {})}
     with atomic_write(path/'detector.json', 'w') as f: json.dump(meta, f, indent=2, default=str)
     return path
@@ -779,6 +860,7 @@ def test(self:InterpreterTrainer, which:str='best', clip=None) -> dict:
     if not (d/'model.safetensors').is_file():
         raise DflabError(f"no trained Interpreter in {d}; train first (--mode train or both)")
     model, _, meta = load_interpreter(d, device=self.acc.device)
+    if clip is None: clip = self.clip
     if clip is None and self.cfg.stage2_training.clip_backbone:
         from dflab.backbones import load_backbone
         clip = load_backbone(self.cfg.stage2_training.clip_backbone, device=str(self.acc.device))
@@ -787,14 +869,22 @@ def test(self:InterpreterTrainer, which:str='best', clip=None) -> dict:
     if self.stage1 is not None:
         cg = self.generate(model, 'test', constrain=True)
         m['constrained'] = self.metrics(cg, clip); gen['constrained_report'] = cg.report
+    if self.read is not None:                                   # the content reader's own prompts, as a reference
+        rows = self.manifest.iloc[gen['index'].to_numpy()]
+        has = ((rows.label == 1) & rows.prompt.notna()).to_numpy()
+        m['reader_slots'] = slot_accuracy(rows.prompt[has].astype(str).tolist(),
+                                          [self.read[i] for i in gen['index'].to_numpy()[has]],
+                                          majority_slots(self.train_prompts)).to_dict(orient='index')
     if self.main:
         m.update(run=self.run.name, model=which, epoch=meta.get('epoch'), base_model=self.cfg.model.base_model,
-                 evidence=self.cfg.stage2_training.evidence, protocol=self.cfg.data.protocol)
+                 evidence=self.cfg.stage2_training.evidence, content_evidence=self.cfg.stage2_training.content_evidence,
+                 protocol=self.cfg.data.protocol)
         write_json(m, self.run/'metrics.json')
         rows = self.manifest.iloc[gen['index'].to_numpy()]
         out = pd.DataFrame({'index': gen['index'], 'path': rows.path.astype(str).to_numpy(), 'label': rows.label.to_numpy(),
                             'generator': rows.generator.astype(str).to_numpy(), 'prompt': rows.prompt.astype(object).to_numpy(),
                             'report': gen.report})
+        if self.read is not None: out['content_evidence'] = [self.read[i] for i in gen['index']]
         if 'constrained_report' in gen: out['constrained_report'] = gen.constrained_report
         write_csv(out, self.run/'reports.csv')
         self.log.info(format_interpreter_metrics(m['free']))
@@ -849,6 +939,7 @@ def metrics_table(results:dict) -> pd.DataFrame:
                          'clip_sim': x.get('prompt', {}).get('clip_text_similarity'),
                          'slot_acc': x.get('slots', {}).get('all', {}).get('accuracy'),
                          'majority_slot_acc': x.get('slots', {}).get('all', {}).get('majority'),
+                         'slot_acc_judged_fake': x.get('slots_judged_fake', {}).get('accuracy'),
                          'consistency': x.get('consistency', {}).get('rate')})
     return pd.DataFrame(rows).set_index(['run', 'reports'])
 
@@ -867,12 +958,20 @@ def interpret_images(stage2, inputs, stage1=None, constrain:bool=True, device:st
     qs = [ANALYSIS_QUESTION + (evidence_sentence(r.fake, r.score, r.generator, r.generator_conf)
                                if info.get('evidence') else '') for r in s1.itertuples()] if s1 is not None \
         else [ANALYSIS_QUESTION] * len(files)
-    pre = [constrained_prefix(bool(r.fake), r.generator) for r in s1.itertuples()] if constrain and s1 is not None else None
     gs = from_dict(GenerationSettings, info.get('generation', {}), 'detector.json')
-    reports = generate_reports(model, proc, [load_image(f) for f in files], qs, gs, pre)
+    images, read = [load_image(f) for f in files], None
+    if info.get('content_evidence'):
+        from dflab.backbones import load_backbone
+        reader = PromptReader(load_backbone(info['clip_backbone'], device=str(dev)))
+        read = reader.prompts(reader.image_features(images))
+        qs = [q + content_sentence(p) for q, p in zip(qs, read)]
+    pre = [constrained_prefix(bool(r.fake), r.generator, read[i] if read is not None else None)
+           for i, r in enumerate(s1.itertuples())] if constrain and s1 is not None else None
+    reports = generate_reports(model, proc, images, qs, gs, pre)
     out = []
     for i, (f, t) in enumerate(zip(files, reports)):
         rec = {'path': str(f), 'report': t, **{k: parse_report(t)[k] for k in ('label', 'generator', 'prompt')}}
+        if read is not None: rec['content_evidence'] = read[i]
         if s1 is not None:
             r = s1.iloc[i]
             rec.update(stage1={'score': float(r.score), 'fake': bool(r.fake), 'generator': r.generator,
