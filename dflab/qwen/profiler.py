@@ -4,7 +4,7 @@
 
 # %% ../../nbs/18_qwen.profiler.ipynb #03c09067
 from __future__ import annotations
-import argparse, copy, json, math, os, re, shutil, sys, tempfile, time
+import argparse, copy, importlib.util, json, math, os, re, shutil, sys, tempfile, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +25,16 @@ from ..report import write_csv, write_json
 _log = get_logger('dflab.qwen')
 
 # %% auto #0
-__all__ = ['ARCHS', 'QWEN_SPECIAL', 'CHAT_TEMPLATE', 'VISION_LORA_TARGET', 'LLM_LORA_TARGET', 'qwen_config', 'tiny_tokenizer',
-           'tiny_image_processor', 'tiny_processor', 'is_tiny', 'tiny_weights', 'load_qwen_vl', 'save_tiny_qwen',
-           'find_visual', 'load_vision_tower', 'window_index', 'patch_grids', 'merged_tokens', 'LoraSettings',
-           'add_vision_lora', 'MaskDecoder', 'ProfilerHeads', 'Profiler', 'LossWeights', 'dice_loss', 'profiler_loss',
-           'ProfilerSet', 'ProfilerCollate', 'ProfilerModelConfig', 'Stage1Training', 'ProfilerRunConfig',
-           'build_profiler', 'trainable_state', 'save_profiler', 'load_profiler', 'export_stage2', 'ProfilerTrainer',
-           'profiler_metrics', 'format_metrics', 'train_profiler', 'profile_train_main', 'profile_eval_main',
-           'profile_images', 'format_profile', 'infer_main', 'lora_count', 'arch_counts', 'saved_bytes',
-           'block_bytes_per_token', 'memory_table', 'bench_profiler', 'contextlib_null', 'bench_main', 'ProfilerTower',
-           'profiler_tower', 'plot_heatmaps']
+__all__ = ['ARCHS', 'QWEN_SPECIAL', 'CHAT_TEMPLATE', 'SHIPPED_QWEN', 'VISION_LORA_TARGET', 'LLM_LORA_TARGET', 'qwen_config',
+           'tiny_tokenizer', 'tiny_image_processor', 'tiny_processor', 'is_tiny', 'shipped_qwen', 'tiny_weights',
+           'load_qwen_vl', 'save_tiny_qwen', 'find_visual', 'load_vision_tower', 'window_index', 'patch_grids',
+           'merged_tokens', 'LoraSettings', 'add_vision_lora', 'MaskDecoder', 'ProfilerHeads', 'Profiler',
+           'LossWeights', 'dice_loss', 'profiler_loss', 'ProfilerSet', 'ProfilerCollate', 'ProfilerModelConfig',
+           'Stage1Training', 'ProfilerRunConfig', 'build_profiler', 'trainable_state', 'save_profiler', 'load_profiler',
+           'export_stage2', 'ProfilerTrainer', 'profiler_metrics', 'format_metrics', 'train_profiler',
+           'profile_train_main', 'profile_eval_main', 'profile_images', 'format_profile', 'infer_main', 'lora_count',
+           'arch_counts', 'saved_bytes', 'block_bytes_per_token', 'memory_table', 'bench_profiler', 'contextlib_null',
+           'bench_main', 'ProfilerTower', 'profiler_tower', 'plot_heatmaps']
 
 # %% ../../nbs/18_qwen.profiler.ipynb #6a5f70e6
 _VISION_REAL = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
@@ -165,14 +165,22 @@ def is_tiny(source:str) -> bool:
     "Whether `source` names the tiny model: 'tiny' (seeded random weights) or 'tiny@FILE' (pretrained by dflab)."
     return source == 'tiny' or source.startswith('tiny@')
 
+SHIPPED_QWEN = 'weights/dflab-tiny-qwen.safetensors'   # `dflab pretrain qwen` at its defaults; its record beside it (.json)
+
+def shipped_qwen() -> Path:
+    "The caption-pretrained tiny Qwen2.5-VL that ships inside the package (`base_model=tiny@pretrained`)."
+    p = Path(importlib.util.find_spec('dflab').origin).parent/SHIPPED_QWEN
+    if not p.is_file(): raise DflabError(f"dflab's shipped tiny Qwen2.5-VL weights are missing ({p}); reinstall dflab")
+    return p
+
 def tiny_weights(source:str='tiny') -> dict|None:
-    "The tensors of a 'tiny@FILE' source (written by `dflab pretrain qwen`); None for 'tiny'."
+    "The tensors of a 'tiny@FILE' source (written by `dflab pretrain qwen`; 'tiny@pretrained': the shipped file); None for 'tiny'."
     from safetensors.torch import load_file
     if source == 'tiny': return None
     w = source.partition('@')[2]
     if not w: raise DflabError("base_model 'tiny@' names no file; write one with `dflab pretrain qwen --out FILE` and "
-                               "pass tiny@FILE, or use base_model=tiny")
-    p = Path(w).expanduser()
+                               "pass tiny@FILE, use tiny@pretrained (the shipped one), or use base_model=tiny")
+    p = shipped_qwen() if w == 'pretrained' else Path(w).expanduser()
     if not p.is_file():
         raise DflabError(f"tiny Qwen2.5-VL weights {p} not found; write them with `dflab pretrain qwen --out FILE`, "
                          "or use base_model=tiny")
@@ -468,7 +476,7 @@ class ProfilerCollate:
 @dataclass
 class ProfilerModelConfig:
     "The base model, Stage 1 LoRA and heads."
-    base_model: str = 'tiny'            # 'tiny' (random), 'tiny@FILE' (pretrained), a model folder, or a hub id
+    base_model: str = 'tiny'            # 'tiny' (random), 'tiny@pretrained' (shipped), 'tiny@FILE', a model folder, or a hub id
     stage1_lora: LoraSettings = field(default_factory=LoraSettings)
     head_hidden: int = checked(256, positive)
     decoder_width: int = checked(32, positive)
