@@ -194,6 +194,7 @@ def test_prompt_reader_reads_a_prompts_own_embedding_back(I):
     assert sum(g[k] == t[k] for g, t in zip(got, truth) for k in t) >= 0.4 * 6 * len(truth)
     assert all(I.prompt_slots(p)['objects'][0]['colour'] == t['colour'] for p, t in zip(prompts, truth))
     assert len(reader.image_features([])) == 0
+    with pytest.raises(I.DflabError, match=r"image features \(N, 64\)"): reader.read(torch.zeros(2, 32))
     with pytest.raises(I.DflabError, match='text tower'):
         I.PromptReader(dataclasses.replace(clip, make_tokenizer=None))
 

@@ -470,6 +470,9 @@ class PromptReader:
     def read(self, features) -> list[dict]:
         "Slot values for each row of image `features` (N, d) of this CLIP (its 'final' layer)."
         f = F.normalize(torch.as_tensor(np.asarray(features, dtype=np.float32)), dim=-1)
+        if f.ndim != 2 or f.shape[1] != self.clip.embed_dim:
+            raise DflabError(f"the prompt reader needs image features (N, {self.clip.embed_dim}) of {self.clip.name}'s "
+                             f"'final' layer, got {tuple(f.shape)}")
         cur = [dict(self.neutral) for _ in range(len(f))]
         for k, vs in self.values.items():                       # each slot against the neutral prompt
             best = (f @ self.embed([grammar_prompt({**self.neutral, k: v}) for v in vs]).T).argmax(1).tolist()
