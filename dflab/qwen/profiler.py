@@ -475,9 +475,10 @@ class ProfilerCollate:
 # %% ../../nbs/18_qwen.profiler.ipynb #982d5bda
 @dataclass
 class ProfilerModelConfig:
-    "The base model, Stage 1 LoRA and heads."
+    "The base model, what trains in its tower (LoRA, or every weight), and the heads."
     base_model: str = 'tiny'            # 'tiny' (random), 'tiny@pretrained' (shipped), 'tiny@FILE', a model folder, or a hub id
     stage1_lora: LoraSettings = field(default_factory=LoraSettings)
+    tower_training: str = 'lora'        # lora: only LoRA trains in the tower (DFLIP's recipe) | full: every tower weight too
     head_hidden: int = checked(256, positive)
     decoder_width: int = checked(32, positive)
     dropout: float = checked(0.1, fraction)
@@ -492,7 +493,7 @@ class Stage1Training:
     epochs: int = checked(3, positive)
     batch_size: int = checked(4, positive)
     eval_batch_size: int = checked(32, positive)
-    learning_rate: float = checked(1e-4, at_least(0))      # LoRA
+    learning_rate: float = checked(1e-4, at_least(0))      # the tower (LoRA, or every weight)
     head_learning_rate: float|None = checked(None, at_least(0))  # heads; None: learning_rate
     weight_decay: float = checked(0.01, at_least(0))
     schedule: str = 'cosine'            # constant | cosine | linear
@@ -527,16 +528,24 @@ def build_profiler(cfg:ProfilerModelConfig, generators:list[str], device='cpu') 
     visual = visual.to(device)
     if cfg.gradient_checkpointing:
         visual.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+    if cfg.tower_training not in ('lora', 'full'):
+        raise ConfigError(f"model.tower_training must be lora or full, got '{cfg.tower_training}'")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         model = Profiler(add_vision_lora(visual, cfg.stage1_lora), generators, cfg.head_hidden, cfg.decoder_width,
                          cfg.dropout)
+    if cfg.tower_training == 'full':                   # nothing pretrained to keep: the tower's own weights train too
+        for p in model.visual.parameters(): p.requires_grad_(True)
     return model.to(device), ip
 
+def _trained(model:Profiler) -> set[str]:
+    "Names of the tensors a Profiler trains: LoRA matrices and heads, and with `tower_training: full` the tower's."
+    return {n for n, p in model.named_parameters() if p.requires_grad or '.lora_' in n or n.startswith('heads.')}
+
 def trainable_state(model:Profiler) -> dict:
-    "The tensors a Profiler trains (LoRA matrices, heads), on the CPU."
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-            if '.lora_' in k or k.startswith('heads.')}
+    "The tensors a Profiler trains (see `_trained`), on the CPU."
+    keep = _trained(model)
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in keep}
 
 def save_profiler(model:Profiler, cfg:ProfilerModelConfig, path, extra:dict|None=None) -> Path:
     "Write `model.safetensors` (trainable tensors) and `detector.json` (how to rebuild) into `path`."
@@ -577,7 +586,7 @@ def load_profiler(path, # a saved Profiler directory, or a run directory (its be
         ip = _image_processor(cfg.base_model)
     else: model, ip = build_profiler(cfg, gens)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if '.lora_' in k or k.startswith('heads.')]
+    missing = sorted(set(missing) & (_trained(model) if not merged else {k for k in missing if k.startswith('heads.')}))
     if missing or unexpected:
         raise DflabError(f"the weights in {path} do not fit its detector.json (missing {missing[:2]}, unexpected "
                          f"{unexpected[:2]}); copy both files from the same run")
@@ -711,12 +720,12 @@ def fit(self:ProfilerTrainer) -> Run:
     "Train (resuming from the newest intact checkpoint of a reopened run); returns the run."
     cfg, t = self.cfg, self.cfg.stage1_training
     model = self.model
-    lora = [p for n, p in model.named_parameters() if p.requires_grad and '.lora_' in n]
+    tower = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith('heads.')]  # LoRA (or all)
     heads = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith('heads.')]
     base_lr = [t.learning_rate, t.head_learning_rate if t.head_learning_rate is not None else t.learning_rate]
-    opt = torch.optim.AdamW([{'params': lora, 'lr': base_lr[0]}, {'params': heads, 'lr': base_lr[1]}],
+    opt = torch.optim.AdamW([{'params': tower, 'lr': base_lr[0]}, {'params': heads, 'lr': base_lr[1]}],
                             weight_decay=t.weight_decay)
-    state, _ = restore_latest(self.run, model, opt, self.log if self.main else None, strict=False)  # LoRA + heads only
+    state, _ = restore_latest(self.run, model, opt, self.log if self.main else None, strict=False)  # the trained tensors only
     if state['epoch'] >= t.epochs or state.get('early_stopped') or (t.max_steps and state['step'] >= t.max_steps):
         if self.main: self.log.info("training already complete")
         return self.run
@@ -724,7 +733,8 @@ def fit(self:ProfilerTrainer) -> Run:
     steps = len(self._loader('train', True)); total = min(steps * t.epochs, t.max_steps or 10**12)
     warm = int(round(t.warmup_epochs * steps))
     if self.main:
-        self.log.info(f"training the Profiler on {cfg.model.base_model}: {sum(p.numel() for p in lora)} LoRA + "
+        self.log.info(f"training the Profiler on {cfg.model.base_model}: {sum(p.numel() for p in tower)} tower "
+                      f"({'LoRA' if cfg.model.tower_training == 'lora' else 'every weight'}) + "
                       f"{sum(p.numel() for p in heads)} head parameters, {t.epochs} epochs of {steps} steps, "
                       f"{self.acc.num_processes} process(es), mixed precision {self.acc.mixed_precision}")
     for epoch in range(state['epoch'] + 1, t.epochs + 1):
@@ -737,7 +747,7 @@ def fit(self:ProfilerTrainer) -> Run:
                 loss, terms = profiler_loss(self.model(b['pixel_values'], b['grid_thw']), b, t.loss_weights)
             opt.zero_grad(set_to_none=True)
             self.acc.backward(loss)
-            if t.grad_clip: self.acc.clip_grad_norm_(lora + heads, t.grad_clip)
+            if t.grad_clip: self.acc.clip_grad_norm_(tower + heads, t.grad_clip)
             opt.step(); state['step'] += 1
             losses.append(loss.detach()); parts.append(torch.stack(list(terms.values())))
             if t.max_steps and state['step'] >= t.max_steps: break
