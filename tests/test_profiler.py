@@ -89,6 +89,22 @@ def test_train_saves_reloads_and_reports(prof, run):
     prof.setup_logging()
 
 
+def test_what_trains_is_what_is_saved(prof, run, tmp_path):
+    "profiler-tiny trains (and saves) every tower weight; model.tower_training=lora keeps to LoRA matrices and heads."
+    full = prof.load_safetensors(run[0]/'best'/'model.safetensors', 'w')
+    assert any('patch_embed' in k for k in full) and any(k.startswith('heads.') for k in full)
+    rc, o, e = run_cli('profile', 'train', '--config', 'profiler-tiny', f'run.out_dir={tmp_path}', 'run.name=lora',
+                       'model.tower_training=lora', 'stage1_training.epochs=1', 'stage1_training.batch_size=64',
+                       'stage1_training.eval_batch_size=128', '--mode', 'train')
+    assert rc == 0, e
+    saved = prof.load_safetensors(tmp_path/'lora'/'best'/'model.safetensors', 'w')
+    assert saved and all('.lora_' in k or k.startswith('heads.') for k in saved)
+    assert 'tower (LoRA)' in (tmp_path/'lora'/'run.log').read_text()
+    rc, o, e = run_cli('profile', 'train', '--config', 'profiler-tiny', f'run.out_dir={tmp_path}',
+                       'model.tower_training=everything', '--steps', '1')
+    assert rc != 0 and 'model.tower_training must be lora or full' in e
+
+
 def test_resume_continues_and_eval_repeats(prof, run):
     rd, _ = run
     rc, o, e = run_cli('profile', 'train', '--config', str(rd/'config.yaml'), '--resume', str(rd),
