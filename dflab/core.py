@@ -165,9 +165,16 @@ def checked(default, # the field's default value
     return field(default=default, metadata={'bound': bound}, **kw)
 
 def _check_fields(obj, where:str=''):
+    "Each field of `obj` within its bound, and a `Literal[...]`-typed field one of its values."
+    try: hints = get_type_hints(type(obj))
+    except NameError: hints = {}                                  # unresolvable annotations: bounds only
     for f in fields(obj):
+        v, key = getattr(obj, f.name), f"{where}.{f.name}" if where else f.name
         b = f.metadata.get('bound')
-        if b is not None: b.check(getattr(obj, f.name), f"{where}.{f.name}" if where else f.name)
+        if b is not None: b.check(v, key)
+        tp = hints.get(f.name)
+        if get_origin(tp) is Literal and v not in get_args(tp):
+            raise ConfigError(f"{key}: must be one of {list(get_args(tp))}, got {v!r}")
 
 def check_config(cfg, # a config dataclass instance, e.g. built in Python rather than by `from_dict`
                  where:str=''): # dotted prefix used in error messages

@@ -102,7 +102,8 @@ def test_what_trains_is_what_is_saved(prof, run, tmp_path):
     assert 'tower (LoRA)' in (tmp_path/'lora'/'run.log').read_text()
     rc, o, e = run_cli('profile', 'train', '--config', 'profiler-tiny', f'run.out_dir={tmp_path}',
                        'model.tower_training=everything', '--steps', '1')
-    assert rc != 0 and 'model.tower_training must be lora or full' in e
+    assert rc != 0 and "model.tower_training: must be one of ['lora', 'full'], got 'everything'" in e
+    assert not (tmp_path/'profiler-tiny').exists()                   # refused before a run directory is made
 
 
 def test_resume_continues_and_eval_repeats(prof, run):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, copy, importlib.util, json, math, os, re, shutil, sys, tempfile, time
 from contextlib import contextmanager
+from typing import Literal
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -478,12 +479,12 @@ class ProfilerModelConfig:
     "The base model, what trains in its tower (LoRA, or every weight), and the heads."
     base_model: str = 'tiny'            # 'tiny' (random), 'tiny@pretrained' (shipped), 'tiny@FILE', a model folder, or a hub id
     stage1_lora: LoraSettings = field(default_factory=LoraSettings)
-    tower_training: str = 'lora'        # lora: only LoRA trains in the tower (DFLIP's recipe) | full: every tower weight too
+    tower_training: Literal['lora', 'full'] = 'lora'  # lora: only LoRA trains in the tower (DFLIP's recipe) | full: every weight too
     head_hidden: int = checked(256, positive)
     decoder_width: int = checked(32, positive)
     dropout: float = checked(0.1, fraction)
     gradient_checkpointing: bool = False  # recompute block activations in backward (GPU memory for time)
-    dtype: str = 'auto'                 # frozen tower weights: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    dtype: str = 'auto'                 # tower weights: auto (bf16 on GPU, fp32 on CPU; fp32 when they train) | fp32 | bf16 | fp16
     attn_implementation: str|None = None  # sdpa | eager | flash_attention_2 (None: transformers' default)
     seed: int = 0                       # the tiny model's weights
 
@@ -522,19 +523,20 @@ def _weights_dtype(pref:str, device):
 
 def build_profiler(cfg:ProfilerModelConfig, generators:list[str], device='cpu') -> tuple[Profiler, object]:
     "(Profiler with fresh LoRA and heads, image processor) from a model config; heads seeded by `cfg.seed`."
+    check_config(cfg, 'model')
     device = torch.device(device)
-    visual, ip = load_vision_tower(cfg.base_model, dtype=_weights_dtype(cfg.dtype, device),
+    full = cfg.tower_training == 'full'                # nothing pretrained to keep: the tower's own weights train too
+    dtype = 'fp32' if full and cfg.dtype == 'auto' else cfg.dtype   # trained weights keep fp32 (autocast computes bf16)
+    visual, ip = load_vision_tower(cfg.base_model, dtype=_weights_dtype(dtype, device),
                                    attn_implementation=cfg.attn_implementation, seed=cfg.seed)
     visual = visual.to(device)
     if cfg.gradient_checkpointing:
         visual.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
-    if cfg.tower_training not in ('lora', 'full'):
-        raise ConfigError(f"model.tower_training must be lora or full, got '{cfg.tower_training}'")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         model = Profiler(add_vision_lora(visual, cfg.stage1_lora), generators, cfg.head_hidden, cfg.decoder_width,
                          cfg.dropout)
-    if cfg.tower_training == 'full':                   # nothing pretrained to keep: the tower's own weights train too
+    if full:
         for p in model.visual.parameters(): p.requires_grad_(True)
     return model.to(device), ip
 
@@ -586,7 +588,8 @@ def load_profiler(path, # a saved Profiler directory, or a run directory (its be
         ip = _image_processor(cfg.base_model)
     else: model, ip = build_profiler(cfg, gens)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = sorted(set(missing) & (_trained(model) if not merged else {k for k in missing if k.startswith('heads.')}))
+    need = {k for k in missing if k.startswith('heads.')} if merged else _trained(model)  # merged: the tower is whole
+    missing = sorted(set(missing) & need)
     if missing or unexpected:
         raise DflabError(f"the weights in {path} do not fit its detector.json (missing {missing[:2]}, unexpected "
                          f"{unexpected[:2]}); copy both files from the same run")
