@@ -170,6 +170,9 @@ def test_infer_both_prints_both_blocks_and_json(I, runs, man, tmp_path):
     (('train', '--config', 'interpreter-tiny', 'stage2_training.monitor=meteor'), 2, 'monitor must be one of'),
     (('infer', '--stage', 'interpreting', 'x.png'), 1, 'needs the Stage 2 interpreter'),
     (('bench', 'interpreter', '--arch', '7b', '--device', 'cpu'), 1, 'needs a GPU'),
+    (('run', 'interpreter', '--no-preset', '--quiet', '-p', 'variants', '[evidence, content]'), 1,
+     "variants must be some of ['no evidence', 'evidence', 'evidence + content']"),
+    (('run', 'interpreter', '--no-preset', '--quiet', '-p', 'stage1', 'no-such-run'), 1, 'is not a trained Profiler run'),
 ])
 def test_bad_inputs_fail_clearly(args, code, msg, tmp_path):
     rc, o, e = run_cli(*args, *(('run.out_dir=' + str(tmp_path),) if args[0] == 'train' else ()))

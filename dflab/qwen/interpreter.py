@@ -28,16 +28,17 @@ _log = get_logger('dflab.qwen')
 
 # %% auto #0
 __all__ = ['ANALYSIS_QUESTION', 'AUTHENTICITY', 'SLOTS', 'TINY_EMBED_STD', 'MONITORS', 'format_report', 'parse_report',
-           'prompt_slots', 'majority_slots', 'slot_accuracy', 'words', 'bleu', 'rouge_l', 'cider', 'judgement_metrics',
-           'consistency_rate', 'parse_judgement', 'read_judgements', 'score_judgements', 'Stage2Lora',
-           'InterpreterModelConfig', 'merged_tower_dir', 'load_stage1_tower', 'add_language_lora', 'tiny_language_init',
-           'build_interpreter', 'evidence_sentence', 'messages', 'InterpreterSet', 'InterpreterCollate',
-           'grammar_prompt', 'content_sentence', 'PromptReader', 'read_prompts', 'GenerationSettings',
-           'constrained_prefix', 'generate_reports', 'stage1_decisions', 'manifest_files', 'Stage2Training',
-           'InterpreterRunConfig', 'interpreter_metrics', 'format_interpreter_metrics', 'InterpreterTrainer',
-           'lora_state', 'save_interpreter', 'load_interpreter', 'train_interpreter', 'interpret_train_main',
-           'metrics_table', 'interpret_images', 'infer_main', 'stage2_counts', 'lm_layer_bytes_per_token',
-           'stage2_memory_table', 'check_accelerate_config', 'bench_interpreter', 'bench_main']
+           'prompt_slots', 'majority_slots', 'slot_accuracy', 'slot_gain', 'words', 'bleu', 'rouge_l', 'cider',
+           'judgement_metrics', 'consistency_rate', 'parse_judgement', 'read_judgements', 'score_judgements',
+           'Stage2Lora', 'InterpreterModelConfig', 'merged_tower_dir', 'load_stage1_tower', 'add_language_lora',
+           'tiny_language_init', 'build_interpreter', 'evidence_sentence', 'messages', 'InterpreterSet',
+           'InterpreterCollate', 'grammar_prompt', 'content_sentence', 'PromptReader', 'read_prompts',
+           'GenerationSettings', 'constrained_prefix', 'generate_reports', 'stage1_decisions', 'manifest_files',
+           'Stage2Training', 'InterpreterRunConfig', 'interpreter_metrics', 'format_interpreter_metrics',
+           'InterpreterTrainer', 'lora_state', 'save_interpreter', 'load_interpreter', 'train_interpreter',
+           'interpret_train_main', 'metrics_table', 'example_rows', 'examples_markdown', 'interpret_images',
+           'infer_main', 'stage2_counts', 'lm_layer_bytes_per_token', 'stage2_memory_table', 'check_accelerate_config',
+           'bench_interpreter', 'bench_main']
 
 # %% ../../nbs/18a_qwen.interpreter.ipynb #861f4156
 ANALYSIS_QUESTION = ("Analyse this image. Is it real or AI-generated? If it is generated, name the generator model "
@@ -131,6 +132,21 @@ def slot_accuracy(refs, preds, majority:dict|None=None) -> pd.DataFrame:
     df.loc['all'] = {'n': tot, 'accuracy': sum(hits.values()) / tot if tot else float('nan'),
                      **({'majority': sum(base.values()) / tot if tot else float('nan')} if majority is not None else {})}
     return df
+
+# %% ../../nbs/18a_qwen.interpreter.ipynb #c62e1d3f
+def slot_gain(refs, preds, majority:dict, n_boot:int=2000, level:float=0.95, seed:int=0) -> dict:
+    "Slot accuracy minus the majority answer's, and its bootstrap interval over prompts: {'gain', 'low', 'high', 'n'}."
+    hits, base, n = [], [], []
+    for r, p in zip(refs, preds):
+        items = list(_slot_items(prompt_slots(r), prompt_slots(p)))
+        hits.append(sum(pv == v for _, v, pv in items)); base.append(sum(majority.get(k) == v for k, v, _ in items))
+        n.append(len(items))
+    hits, base, n = (np.asarray(a, dtype=float) for a in (hits, base, n))
+    if not n.sum(): return {'gain': float('nan'), 'low': float('nan'), 'high': float('nan'), 'n': 0}
+    idx = np.random.default_rng(seed).integers(0, len(n), (n_boot, len(n)))
+    boot = (hits[idx].sum(1) - base[idx].sum(1)) / np.maximum(n[idx].sum(1), 1)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return {'gain': float((hits.sum() - base.sum()) / n.sum()), 'low': float(lo), 'high': float(hi), 'n': len(n)}
 
 # %% ../../nbs/18a_qwen.interpreter.ipynb #9a3b18f9
 def words(text:str|None) -> list[str]:
@@ -611,8 +627,10 @@ def interpreter_metrics(reports:list[str], manifest:pd.DataFrame, indices, train
             with torch.no_grad():
                 a, r = F.normalize(clip.encode_text(cands).float(), dim=-1), F.normalize(clip.encode_text(refs).float(), dim=-1)
             out['prompt']['clip_text_similarity'] = float((a * r).sum(-1).mean())
-        sa = slot_accuracy(refs, cands, majority_slots(train_prompts) if train_prompts is not None else None)
+        maj = majority_slots(train_prompts) if train_prompts is not None else None
+        sa = slot_accuracy(refs, cands, maj)
         out['slots'] = sa.to_dict(orient='index')
+        if maj is not None: out['slot_gain'] = slot_gain(refs, cands, maj)    # and how sure the gain is
         judged = [p['label'] == 1 for p, h in zip(parsed, has) if h]     # the prompt apart from the judgement
         if any(judged):
             sj = slot_accuracy([r for r, j in zip(refs, judged) if j], [c for c, j in zip(cands, judged) if j])
@@ -942,9 +960,35 @@ def metrics_table(results:dict) -> pd.DataFrame:
                          'clip_sim': x.get('prompt', {}).get('clip_text_similarity'),
                          'slot_acc': x.get('slots', {}).get('all', {}).get('accuracy'),
                          'majority_slot_acc': x.get('slots', {}).get('all', {}).get('majority'),
+                         'slot_gain_low': x.get('slot_gain', {}).get('low'),
+                         'slot_gain_high': x.get('slot_gain', {}).get('high'),
                          'slot_acc_judged_fake': x.get('slots_judged_fake', {}).get('accuracy'),
                          'consistency': x.get('consistency', {}).get('rate')})
     return pd.DataFrame(rows).set_index(['run', 'reports'])
+
+# %% ../../nbs/18a_qwen.interpreter.ipynb #a7e3c91d
+def example_rows(reports:pd.DataFrame, # a run's reports.csv (its `index` column points into `manifest`)
+                 manifest:pd.DataFrame) -> dict:
+    "The first report of each kind: 'real', 'fully generated' (a fake with a prompt and no mask), 'partially inpainted'."
+    rows = manifest.iloc[reports['index'].to_numpy()]
+    masked = rows['mask'].notna().to_numpy()
+    kinds = {'real': (reports.label == 0).to_numpy(),
+             'fully generated': (reports.label == 1).to_numpy() & ~masked & reports.prompt.notna().to_numpy(),
+             'partially inpainted': masked}
+    return {k: reports[sel].iloc[0] for k, sel in kinds.items() if sel.any()}
+
+def examples_markdown(reports:pd.DataFrame, manifest:pd.DataFrame, title:str) -> str:
+    "Markdown of `example_rows`: per kind the content evidence (if any), the reference report, the free and constrained reports."
+    lines = [f'# {title}', '']
+    for k, r in example_rows(reports, manifest).items():
+        truth = format_report(r.label, r.generator, r.prompt if isinstance(r.prompt, str) else None, k == 'partially inpainted')
+        ev = [f'Content evidence: {r.content_evidence}', ''] if isinstance(r.get('content_evidence'), str) else []
+        lines += [f'## {k}: `{r.path}`', '', *ev, 'Reference:', '', '```', truth, '```', '',
+                  'Generated (free):', '', '```', r.report, '```', '']
+        if isinstance(r.get('constrained_report'), str):
+            lines += ['Generated (constrained to the evidence):', '', '```', r.constrained_report, '```', '']
+    return '\n'.join(lines)
+
 
 # %% ../../nbs/18a_qwen.interpreter.ipynb #22fba3ad
 def interpret_images(stage2, inputs, stage1=None, constrain:bool=True, device:str='auto') -> list[dict]:
