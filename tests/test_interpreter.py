@@ -156,6 +156,8 @@ def test_infer_both_prints_both_blocks_and_json(I, runs, man, tmp_path):
     recs = [json.loads(l) for l in (tmp_path/'r.jsonl').read_text().splitlines()]
     assert len(recs) == 2 and all(r['consistent'] and r['constrained'] and 'stage1' in r for r in recs)
     assert all(r['content_evidence'].startswith('a ') and ', over ' in r['content_evidence'] for r in recs)
+    for r in recs:       # constrained reports are written from Stage 1's decisions: the closing sentence names its generator
+        assert I.parse_report(r['report'])['closing_generator'] == (r['stage1']['generator'] if r['stage1']['fake'] else None)
     rc, o2, e = run_cli('infer', '--stage', 'profiling', *imgs, '--stage1-checkpoint', s1)
     assert rc == 0 and 'Analysis Result' not in o2 and o2.count('Detection: ') == 2, e
     rc, o, e = run_cli('infer', '--stage', 'interpreting', *imgs, '--stage2-checkpoint', rd)

@@ -33,12 +33,12 @@ __all__ = ['ANALYSIS_QUESTION', 'AUTHENTICITY', 'SLOTS', 'TINY_EMBED_STD', 'MONI
            'Stage2Lora', 'InterpreterModelConfig', 'merged_tower_dir', 'load_stage1_tower', 'add_language_lora',
            'tiny_language_init', 'build_interpreter', 'evidence_sentence', 'messages', 'InterpreterSet',
            'InterpreterCollate', 'grammar_prompt', 'content_sentence', 'PromptReader', 'read_prompts',
-           'GenerationSettings', 'constrained_prefix', 'generate_reports', 'stage1_decisions', 'manifest_files',
-           'Stage2Training', 'InterpreterRunConfig', 'interpreter_metrics', 'format_interpreter_metrics',
-           'InterpreterTrainer', 'lora_state', 'save_interpreter', 'load_interpreter', 'train_interpreter',
-           'interpret_train_main', 'metrics_table', 'example_rows', 'examples_markdown', 'interpret_images',
-           'infer_main', 'stage2_counts', 'lm_layer_bytes_per_token', 'stage2_memory_table', 'check_accelerate_config',
-           'bench_interpreter', 'bench_main']
+           'GenerationSettings', 'constrained_prefix', 'complete_constrained', 'generate_reports', 'stage1_decisions',
+           'manifest_files', 'Stage2Training', 'InterpreterRunConfig', 'interpreter_metrics',
+           'format_interpreter_metrics', 'InterpreterTrainer', 'lora_state', 'save_interpreter', 'load_interpreter',
+           'train_interpreter', 'interpret_train_main', 'metrics_table', 'example_rows', 'examples_markdown',
+           'interpret_images', 'infer_main', 'stage2_counts', 'lm_layer_bytes_per_token', 'stage2_memory_table',
+           'check_accelerate_config', 'bench_interpreter', 'bench_main']
 
 # %% ../../nbs/18a_qwen.interpreter.ipynb #861f4156
 ANALYSIS_QUESTION = ("Analyse this image. Is it real or AI-generated? If it is generated, name the generator model "
@@ -63,10 +63,11 @@ def format_report(label:int, # 0 real, 1 fake
     return '\n'.join(lines)
 
 _NUM = lambda k: re.compile(rf'^\s*{k}\.\s*[^:\n]*:[ \t]*(.*)$', re.M)
+_CLOSING = re.compile(r'\b(?:inpainted|generated|regenerated) by (\S+?)[.;]?(?:\s|$)')   # the closing sentence's generator
 
 def parse_report(text:str) -> dict:
-    "`label` (1 fake, 0 real, None unparseable), `partial`, `generator` and `prompt` read back from a report."
-    out = {'label': None, 'partial': None, 'generator': None, 'prompt': None}
+    "`label` (1 fake, 0 real, None unparseable), `partial`, `generator`, `prompt` and the closing sentence's generator."
+    out = {'label': None, 'partial': None, 'generator': None, 'prompt': None, 'closing_generator': None}
     m = _NUM(1).search(text or '')
     if m:
         low = m[1].lower()
@@ -76,6 +77,8 @@ def parse_report(text:str) -> dict:
     g = _NUM(2).search(text or ''); p = _NUM(3).search(text or '')
     if g and g[1].strip() and g[1].strip().lower() != 'unknown': out['generator'] = g[1].strip()
     if p and p[1].strip(): out['prompt'] = p[1].strip()
+    c = _CLOSING.search(text or '')
+    if c and c[1].lower() != 'unknown': out['closing_generator'] = c[1]
     return out
 
 # %% ../../nbs/18a_qwen.interpreter.ipynb #eafb5b7d
@@ -238,8 +241,9 @@ def judgement_metrics(labels, parsed) -> dict:
             'f1': float(f1_score(y, p, zero_division=0.0)), 'unparseable_rate': float(bad.mean()) if len(y) else 0.0}
 
 def consistency_rate(parsed:list[dict], stage1:list[dict]) -> float:
-    "Rate at which reports agree with Stage 1 decisions (`fake`, `generator`): judgement, and generator for fakes."
-    ok = [p['label'] is not None and p['label'] == int(s['fake']) and (not s['fake'] or p['generator'] == s['generator'])
+    "Rate at which reports agree with Stage 1 decisions (`fake`, `generator`): judgement, and for fakes every generator named."
+    ok = [p['label'] is not None and p['label'] == int(s['fake']) and
+          (not s['fake'] or (p['generator'] == s['generator'] and p.get('closing_generator') in (None, s['generator'])))
           for p, s in zip(parsed, stage1)]
     return float(np.mean(ok)) if ok else float('nan')
 
@@ -535,6 +539,10 @@ def constrained_prefix(fake:bool, generator:str|None, prompt:str|None=None) -> s
     return f"1. Authenticity: {AUTHENTICITY[1]}\n2. Generator Model: {generator}\n" + (
         f"3. Predicted Prompt: {prompt}\n" if prompt else '')
 
+def complete_constrained(text:str, fake:bool, generator:str|None) -> str:
+    "A constrained report made whole from Stage 1's decisions: the model's text gives only the prompt line."
+    return format_report(int(fake), generator, parse_report(text)['prompt'] if fake else None)
+
 @torch.no_grad()
 def generate_reports(model, processor, images:list, questions:list[str], settings:GenerationSettings|None=None,
                      prefixes:list[str]|None=None) -> list[str]:
@@ -749,8 +757,11 @@ def generate(self:InterpreterTrainer, model, split:str, indices=None, constrain:
         pre = [constrained_prefix(bool(self.stage1.fake.iloc[it['index']]), self.stage1.generator.iloc[it['index']],
                                   self.read[it['index']] if self.read is not None else None)
                for it in items] if constrain else None
-        texts += generate_reports(self.acc.unwrap_model(model), self.processor, [it['image'] for it in items],
-                                  [it['question'] for it in items], g, pre)
+        got = generate_reports(self.acc.unwrap_model(model), self.processor, [it['image'] for it in items],
+                               [it['question'] for it in items], g, pre)
+        if constrain: got = [complete_constrained(t, bool(self.stage1.fake.iloc[it['index']]),
+                                                  self.stage1.generator.iloc[it['index']]) for t, it in zip(got, items)]
+        texts += got
     part = list(zip(mine.tolist(), texts))
     if self.acc.num_processes > 1:
         from accelerate.utils import gather_object
@@ -1015,6 +1026,7 @@ def interpret_images(stage2, inputs, stage1=None, constrain:bool=True, device:st
     pre = [constrained_prefix(bool(r.fake), r.generator, read[i] if read is not None else None)
            for i, r in enumerate(s1.itertuples())] if constrain and s1 is not None else None
     reports = generate_reports(model, proc, images, qs, gs, pre)
+    if pre: reports = [complete_constrained(t, bool(r.fake), r.generator) for t, r in zip(reports, s1.itertuples())]
     out = []
     for i, (f, t) in enumerate(zip(files, reports)):
         rec = {'path': str(f), 'report': t, **{k: parse_report(t)[k] for k in ('label', 'generator', 'prompt')}}
