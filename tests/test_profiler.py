@@ -141,6 +141,7 @@ def test_infer_prints_the_stage1_block(run, tmp_path):
     (('infer', '--stage', 'both', 'x.png', '--stage1-checkpoint', '.'), 1, 'needs the Stage 2 interpreter'),
     (('bench', 'profiler', '--arch', '7b', '--device', 'cpu'), 1, 'needs a GPU'),
     (('profile', 'eval', '/no/such/run'), 1, 'no run directory'),
+    (('train', '--config', 'profiler-tiny', 'stage1_training.flip=1.5'), 2, 'stage1_training.flip: must be in [0, 1], got 1.5'),
 ])
 def test_bad_inputs_fail_clearly(args, code, msg, tmp_path):
     rc, o, e = run_cli(*args, *(('run.out_dir=' + str(tmp_path),) if args[0] == 'train' else ()))

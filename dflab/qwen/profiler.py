@@ -448,17 +448,21 @@ def profiler_loss(out:dict, batch:dict, w:LossWeights) -> tuple[torch.Tensor, di
 # %% ../../nbs/18_qwen.profiler.ipynb #d87771c6
 class ProfilerSet(torch.utils.data.Dataset):
     "Rows `indices` of a manifest in profiling mode, with generators mapped to the Profiler's classes (-1: none)."
-    def __init__(self, manifest:pd.DataFrame, indices, generators:list[str], perturb=None):
+    def __init__(self, manifest:pd.DataFrame, indices, generators:list[str], perturb=None,
+                 flip:float=0.0, seed:int=0, epoch:int=0): # flip: probability of a left-right flip (image and mask)
         from dflab.data.datasets import ForensicDataset
         self.ds = ForensicDataset(manifest, mode='profiling', perturb=perturb)
         cls = {g: i for i, g in enumerate(generators)}
         self.targets = np.array([cls.get(g, -1) if y == 1 else -1 for g, y in
                                  zip(self.ds.generator_names, self.ds.labels)], dtype=np.int64)
         self.indices = np.asarray(indices, dtype=np.int64)
+        self.flip, self.seed, self.epoch = float(flip), int(seed), int(epoch)
     def __len__(self): return len(self.indices)
     def __getitem__(self, i):
-        r = int(self.indices[i]); item = self.ds[r]
-        return {**item, 'generator': int(self.targets[r])}
+        r = int(self.indices[i]); item = {**self.ds[r], 'generator': int(self.targets[r])}
+        if self.flip and np.random.default_rng([self.seed, self.epoch, r]).random() < self.flip:
+            item['image'], item['mask'] = item['image'].flip(-1), item['mask'].flip(-1)
+        return item
 
 class ProfilerCollate:
     "Batch `ProfilerSet` items through a Qwen image processor: pixel values, grid_thw, masks at the processed size."
@@ -499,6 +503,7 @@ class Stage1Training:
     weight_decay: float = checked(0.01, at_least(0))
     schedule: str = 'cosine'            # constant | cosine | linear
     warmup_epochs: float = checked(0.0, at_least(0))
+    flip: float = checked(0.0, fraction)   # probability of a left-right flip of a training image and its mask
     grad_clip: float|None = checked(1.0, positive)
     loss_weights: LossWeights = field(default_factory=LossWeights)
     mixed_precision: str = 'auto'       # auto (bf16 on capable GPUs) | no | fp16 | bf16
@@ -653,7 +658,8 @@ def _loader(self:ProfilerTrainer, split:str, train:bool, epoch:int=0, indices=No
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
     t = self.cfg.stage1_training
-    ds = ProfilerSet(self.manifest, self.splits[split] if indices is None else indices, self.generators)
+    ds = ProfilerSet(self.manifest, self.splits[split] if indices is None else indices, self.generators,
+                     flip=t.flip if train else 0.0, seed=self.cfg.run.seed, epoch=epoch)
     sampler = DistributedSampler(ds, num_replicas=self.acc.num_processes, rank=self.acc.process_index, shuffle=train,
                                  seed=self.cfg.run.seed, drop_last=False)
     sampler.set_epoch(epoch)
