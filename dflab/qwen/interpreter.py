@@ -27,9 +27,9 @@ from .profiler import (LLM_LORA_TARGET, _quiet, _mixed_precision, _rss_gib, arch
 _log = get_logger('dflab.qwen')
 
 # %% auto #0
-__all__ = ['ANALYSIS_QUESTION', 'AUTHENTICITY', 'SLOTS', 'TINY_EMBED_STD', 'MONITORS', 'format_report', 'parse_report',
-           'prompt_slots', 'majority_slots', 'slot_accuracy', 'slot_gain', 'words', 'bleu', 'rouge_l', 'cider',
-           'judgement_metrics', 'consistency_rate', 'parse_judgement', 'read_judgements', 'score_judgements',
+__all__ = ['ANALYSIS_QUESTION', 'AUTHENTICITY', 'SLOTS', 'TINY_EMBED_STD', 'MONITORS', 'EVIDENCE_VARIANTS', 'format_report',
+           'parse_report', 'prompt_slots', 'majority_slots', 'slot_accuracy', 'slot_gain', 'words', 'bleu', 'rouge_l',
+           'cider', 'judgement_metrics', 'consistency_rate', 'parse_judgement', 'read_judgements', 'score_judgements',
            'Stage2Lora', 'InterpreterModelConfig', 'merged_tower_dir', 'load_stage1_tower', 'add_language_lora',
            'tiny_language_init', 'build_interpreter', 'evidence_sentence', 'messages', 'InterpreterSet',
            'InterpreterCollate', 'grammar_prompt', 'content_sentence', 'PromptReader', 'read_prompts',
@@ -957,6 +957,9 @@ def interpret_train_main(argv=None, prog:str='dflab interpret train'):
     return 0
 
 # %% ../../nbs/18a_qwen.interpreter.ipynb #1b1f126e
+EVIDENCE_VARIANTS = {'no evidence': [], 'evidence': ['stage2_training.evidence=true'],     # name -> config overrides
+                     'evidence + content': ['stage2_training.evidence=true', 'stage2_training.content_evidence=true']}
+
 def metrics_table(results:dict) -> pd.DataFrame:
     "One row per (name, free|constrained) of `InterpreterTrainer.test` results: the headline numbers."
     rows = []
@@ -999,7 +1002,6 @@ def examples_markdown(reports:pd.DataFrame, manifest:pd.DataFrame, title:str) ->
         if isinstance(r.get('constrained_report'), str):
             lines += ['Generated (constrained to the evidence):', '', '```', r.constrained_report, '```', '']
     return '\n'.join(lines)
-
 
 # %% ../../nbs/18a_qwen.interpreter.ipynb #22fba3ad
 def interpret_images(stage2, inputs, stage1=None, constrain:bool=True, device:str='auto') -> list[dict]:
