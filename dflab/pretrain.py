@@ -91,22 +91,28 @@ def corpus_content(rng:np.random.Generator, size:int) -> tuple[np.ndarray, str]:
 
 def process(img:np.ndarray, # uint8 RGB content
             rng:np.random.Generator, # draws the chain and its parameters
-            n_ops:int # operations in the chain (0: camera original)
+            n_ops:int, # operations in the chain (0: camera original)
+            local:float=0. # probability that an operation touches only a region (a random mask)
            ) -> tuple[np.ndarray, str, list[str]]:
     "Apply `n_ops` distinct random operations; returns the image, the processing phrase and the operation names."
     names = [str(n) for n in rng.permutation(list(OPERATIONS))[:n_ops]]
     x, phrases = img.astype(np.float64)/255, []
     for n in names:
-        x, p = OPERATIONS[n](x, rng); phrases.append(p)
+        y, p = OPERATIONS[n](x, rng)
+        if local and rng.random() < local:     # a local edit: the trace covers 12-45% of the image
+            m = synth.sample_mask(rng, x.shape[0])[..., None]
+            y, p = np.where(m, y, x), f"{p} in a region"
+        x = y; phrases.append(p)
     out = _u8(x)
     if (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all():   # grey stays grey
         out = np.repeat(np.rint(out.mean(2, keepdims=True)).astype(np.uint8), 3, 2)
     return out, (', '.join(phrases) if phrases else 'camera original'), names
 
 # %% ../nbs/10a_pretrain.ipynb #1121a0d7
-def corpus_pair(seed:int, i:int, size:int=synth.DEFAULT_SIZE, content_words:float=.5) -> list[dict]:
+def corpus_pair(seed:int, i:int, size:int=synth.DEFAULT_SIZE, content_words:float=.5, local:float=0.) -> list[dict]:
     """Content number `i` twice: once camera original or randomly processed, once with at least one operation.
-    Captions put the processing first; the content's words follow with probability `content_words`."""
+    Captions put the processing first; the content's words follow with probability `content_words`. Each operation
+    touches only a region with probability `local`."""
     base = [zlib.crc32(PRETRAIN_NAMESPACE.encode()), seed, i]
     img, cap = corpus_content(np.random.default_rng(base), size)
     r = np.random.default_rng(base + [0]).random(2)
@@ -116,27 +122,28 @@ def corpus_pair(seed:int, i:int, size:int=synth.DEFAULT_SIZE, content_words:floa
         rng = np.random.default_rng(base + [v + 1])
         k = int(rng.choice(4, p=N_OPS))
         k = 0 if (v == 0 and first_original) else max(k, v)
-        x, proc, names = process(img, rng, k)
+        x, proc, names = process(img, rng, k, local)
         out.append({'image': x, 'caption': f"{proc}: {cap}" if say_content else proc, 'ops': names})
     return out
 
-def _pairs_chunk(seed, ids, size, cw): return [r for i in ids for r in corpus_pair(seed, int(i), size, cw)]
+def _pairs_chunk(seed, ids, size, cw, local): return [r for i in ids for r in corpus_pair(seed, int(i), size, cw, local)]
 
 def build_corpus(n:int, # contents (the corpus holds 2n image-caption pairs)
                  seed:int=0, # corpus seed, within PRETRAIN_NAMESPACE
                  size:int=synth.DEFAULT_SIZE, # image side
                  start:int=0, # first content number (held-out pairs use numbers after the training ones)
                  workers:int=1, # processes
-                 content_words:float=.5 # probability that a caption names the content too
+                 content_words:float=.5, # probability that a caption names the content too
+                 local:float=0. # probability that an operation touches only a region
                 ) -> dict:
     "The pretraining corpus: images (2n, size, size, 3) uint8, captions and operation lists, variants adjacent."
     ids = np.arange(start, start + n)
-    if workers == 1 or n < 256: recs = _pairs_chunk(seed, ids, size, content_words)
+    if workers == 1 or n < 256: recs = _pairs_chunk(seed, ids, size, content_words, local)
     else:
         from joblib import Parallel, delayed
         import importlib
         fn = importlib.import_module('dflab.pretrain')._pairs_chunk
-        parts = Parallel(n_jobs=workers, backend='loky')(delayed(fn)(seed, c, size, content_words) for c in np.array_split(ids, workers*8))
+        parts = Parallel(n_jobs=workers, backend='loky')(delayed(fn)(seed, c, size, content_words, local) for c in np.array_split(ids, workers*8))
         recs = [r for p in parts for r in p]
     return {'images': np.stack([r['image'] for r in recs]), 'captions': [r['caption'] for r in recs],
             'ops': [r['ops'] for r in recs]}
@@ -146,14 +153,15 @@ def build_corpus(n:int, # contents (the corpus holds 2n image-caption pairs)
 class PretrainConfig:
     "Everything a pretraining run depends on."
     arch: str = 'dflab-tiny'      # a dflab tiny open_clip config
-    contents: int = 30000         # training contents (2 pairs each)
+    contents: int = 45000         # training contents (2 pairs each)
     heldout: int = 500            # held-out contents for retrieval
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 256         # pairs per step (even: both variants of a content share a batch)
     lr: float = 2e-3
     weight_decay: float = .1
     warmup: int = 100             # steps
     content_words: float = .5     # share of captions that also name the content (all name the processing)
+    local: float = 0.             # probability that an operation touches only a region ("... in a region")
     seed: int = 0
     threads: int = 0              # torch threads; 0: all cores
     workers: int = 0              # corpus processes; 0: up to 2
@@ -167,7 +175,8 @@ class PretrainConfig:
         if 2*self.contents < self.batch_size:
             raise DflabError(f"{self.contents} contents make {2*self.contents} pairs, fewer than one batch of {self.batch_size}")
         if not 0 < self.lr < 1: raise DflabError(f"lr must be in (0, 1), got {self.lr}")
-        if not 0 <= self.content_words <= 1: raise DflabError(f"content_words must be in [0, 1], got {self.content_words}")
+        for k in ('content_words', 'local'):
+            if not 0 <= getattr(self, k) <= 1: raise DflabError(f"{k} must be in [0, 1], got {getattr(self, k)}")
         for k in ('heldout', 'warmup', 'threads', 'workers'):
             if getattr(self, k) < 0: raise DflabError(f"{k} must not be negative, got {getattr(self, k)}")
         return self
@@ -231,8 +240,8 @@ def pretrain_clip(cfg:PretrainConfig|None=None, # the run; default: the recipe o
     if cfg.threads: torch.set_num_threads(cfg.threads)
     try:
         workers = cfg.workers or min(2, os.cpu_count() or 1)
-        train = build_corpus(cfg.contents, cfg.seed, workers=workers, content_words=cfg.content_words)
-        held = (build_corpus(cfg.heldout, cfg.seed, start=cfg.contents, workers=workers, content_words=cfg.content_words)
+        train = build_corpus(cfg.contents, cfg.seed, workers=workers, content_words=cfg.content_words, local=cfg.local)
+        held = (build_corpus(cfg.heldout, cfg.seed, start=cfg.contents, workers=workers, content_words=cfg.content_words, local=cfg.local)
                 if cfg.heldout else None)
         t_corpus = time.time() - t0
         log(f"corpus: {len(train['captions'])} training and {len(held['captions']) if held else 0} held-out pairs in {t_corpus:.0f}s")
@@ -299,13 +308,14 @@ def pretrain_main(argv:list[str]|None=None) -> int:
     p.add_argument('--batch-size', type=int, default=d.batch_size)
     p.add_argument('--lr', type=float, default=d.lr)
     p.add_argument('--content-words', type=float, default=d.content_words, help='share of captions naming the content')
+    p.add_argument('--local', type=float, default=d.local, help='probability that an operation touches only a region')
     p.add_argument('--seed', type=int, default=d.seed)
     p.add_argument('--threads', type=int, default=d.threads)
     p.add_argument('--out', help='weights file (.safetensors); default: the cache')
     p.add_argument('--ship', action='store_true', help="write the package's shipped weights")
     a = p.parse_args(argv)
     cfg = PretrainConfig(arch=a.arch, contents=a.contents, heldout=a.heldout, epochs=a.epochs, batch_size=a.batch_size,
-                         lr=a.lr, seed=a.seed, threads=a.threads, content_words=a.content_words).checked()
+                         lr=a.lr, seed=a.seed, threads=a.threads, content_words=a.content_words, local=a.local).checked()
     from dflab.backbones import SHIPPED_WEIGHTS
     if a.ship and a.out: raise DflabError("give --ship or --out, not both")
     if a.ship and cfg.arch not in SHIPPED_WEIGHTS:

@@ -212,8 +212,8 @@ class FeatureStore:
 def weights_stamp(name:str) -> str|None:
     "What stands behind a backbone name, without loading it: library versions and local weights files' size and mtime."
     import importlib.metadata as md
-    from dflab.backbones import parse_name
-    try: _, arch, weights = parse_name(name)
+    from dflab.backbones import parse_name, shipped_weights
+    try: family, arch, weights = parse_name(name)
     except DflabError: return None
     parts = [name]
     for pkg in ('dflab', 'torch', 'open_clip_torch', 'transformers'):
@@ -225,6 +225,12 @@ def weights_stamp(name:str) -> str|None:
         if s and p.exists():                                # a local file or directory named by the backbone
             files = [p] if p.is_file() else sorted(f for f in p.rglob('*') if f.is_file())
             parts += [f'{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}' for f in files]
+    if family == 'openclip' and weights in (None, 'dflab'):  # the weights inside the package: their recorded sha256
+        try: p = shipped_weights(arch)
+        except DflabError: p = None
+        if p is not None:
+            rec = p.with_suffix('.json')
+            parts.append(json.loads(rec.read_text()).get('sha256', '') if rec.is_file() else f'{p.stat().st_size}:{p.stat().st_mtime_ns}')
     return hashlib.sha256('\n'.join(parts).encode('utf-8', 'surrogateescape')).hexdigest()[:20]
 
 _KNOWN = ('has_text', 'weights')   # what a cache record also answers, so that nobody loads a model to ask
