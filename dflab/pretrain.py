@@ -161,7 +161,7 @@ class PretrainConfig:
     weight_decay: float = .1
     warmup: int = 100             # steps
     content_words: float = .5     # share of captions that also name the content (all name the processing)
-    local: float = 0.             # probability that an operation touches only a region ("... in a region")
+    local: float = .3             # probability that an operation touches only a region ("... in a region")
     seed: int = 0
     threads: int = 0              # torch threads; 0: all cores
     workers: int = 0              # corpus processes; 0: up to 2

@@ -373,9 +373,10 @@ def _loader(self:Trainer, ds, train:bool, epoch:int=0):
 # %% ../nbs/13_train.ipynb #7f16207d
 @patch
 def _meta(self:Trainer, **extra) -> dict:
-    "What is saved beside the weights: backbone, layer, whether features were cached, and `extra`."
+    "What is saved beside the weights: backbone, layer, whether features were cached (and their cache key), and `extra`."
     m = self.cfg.model
-    return {'backbone': m.backbone, 'layer': m.layer, 'cached': m.cached, **extra}
+    key = getattr(self.backbone, 'key', None) if m.cached else None   # names the weights the features came from
+    return {'backbone': m.backbone, 'layer': m.layer, 'cached': m.cached, **({'features_key': key} if key else {}), **extra}
 
 def _seen() -> bool:
     "Whether a progress bar would be seen: stderr is a terminal, or this runs in a Jupyter kernel."

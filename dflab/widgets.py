@@ -4,7 +4,7 @@
 
 # %% ../nbs/40_widgets.ipynb #35d3c599
 from __future__ import annotations
-import base64, html, io, os, tempfile
+import base64, html, io, os, re, tempfile
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -16,17 +16,32 @@ __all__ = ['FILTERS', 'SORTS', 'tiny_run', 'run_threshold', 'run_table', 'select
            'manifest_counts', 'ManifestBrowser', 'Explorer', 'explorer']
 
 # %% ../nbs/40_widgets.ipynb #f27e9747
+def _features_key(backbone:str) -> str:
+    "The feature-cache key `backbone` stands for now (from the cache's record of the name, else by loading it)."
+    from dflab.features.cache import cache_key, recall_backbone
+    rec = recall_backbone(backbone)
+    if rec is not None: return rec['key']
+    from dflab.backbones import load_backbone
+    return cache_key(load_backbone(backbone))
+
 def tiny_run(name:str='explorer-tiny', # the run's name under `runs_dir()`
              detector:str='linear-probe', epochs:int=10) -> Path:
-    "A trained run on the embedded tiny benchmark: reused when complete, trained (or finished) otherwise."
-    path = runs_dir()/name
-    if (path/'best'/'model.safetensors').is_file() and (path/'predictions.csv').is_file(): return path
+    """A trained run on the embedded tiny benchmark: reused when complete and trained on the backbone's current
+    weights, trained (or finished) otherwise. A run of replaced weights is kept; the new one gets the next free name."""
+    from dflab.backbones import DEFAULT_BACKBONE
+    from dflab.detectors import read_detector_meta
+    root, key = runs_dir(), _features_key(DEFAULT_BACKBONE)
+    done = lambda p: (p/'best'/'model.safetensors').is_file() and (p/'predictions.csv').is_file()
+    runs = [p for p in root.glob(f'{name}*') if re.fullmatch(re.escape(name) + r'(-\d+)?', p.name) and done(p)] if root.is_dir() else []
+    for p in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True):
+        if read_detector_meta(p/'best').get('features_key') == key: return p
     from dflab.core import from_dict
     from dflab.train import TrainRunConfig, train
     cfg = from_dict(TrainRunConfig, {'run': {'name': name}, 'model': {'detector': detector},
                                      'train': {'epochs': epochs, 'n_boot': 0, 'plots': False, 'progress': False,
                                                'tensorboard': False}})
-    run, _ = train(cfg, resume=path if path.is_dir() else None)
+    path = root/name
+    run, _ = train(cfg, resume=path if path.is_dir() and not done(path) else None)   # finish an interrupted run
     return Path(run.path)
 
 # %% ../nbs/40_widgets.ipynb #6f9ecd9c

@@ -110,28 +110,37 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     run = tmp_path/'qs'
     assert yaml.safe_load((run/'params.yaml').read_text())['scale'] == 'tiny'
     t = pd.read_csv(run/'comparison.csv')
-    assert set(t.protocol) == {'in-distribution', 'leave-one-generator-out'}
+    assert set(t.protocol) == {'in-distribution', 'leave-one-generator-out', 'leave-one-family-out'}
     ref, zs = 'residual-spectrum (reference)', 'zero-shot prompts (no training)'
     assert set(t.detector) == {'linear-probe', 'mlp-head', 'prompt-adapter', zs, ref}
-    assert len(t) == 10 and t.groupby('protocol')['n test'].nunique().eq(1).all()   # every row of a protocol on the same test rows
+    assert len(t) == 15 and t.groupby('protocol')['n test'].nunique().eq(1).all()   # every row of a protocol on the same test rows
     # the forensic reference learns the benchmark (0.93-0.98 over benchmark seeds 0-4 at this size), and so do the
-    # shipped pretrained tiny CLIP's features, trained or zero-shot (a random-weight backbone stays near 0.5)
+    # shipped pretrained tiny CLIP's features, trained or zero-shot (a random-weight backbone stays near 0.5); at this
+    # size the probe takes ten optimiser steps, so its bar is lower than the zero-shot one
     auc = t.set_index(['protocol', 'detector']).AUC
     assert auc['in-distribution', ref] > 0.85 and auc['leave-one-generator-out', ref] > 0.8
-    assert auc['in-distribution', 'linear-probe'] > 0.7 and auc['leave-one-generator-out', zs] > 0.65
+    assert auc['in-distribution', 'linear-probe'] > 0.6 and auc['in-distribution', zs] > 0.7
+    assert auc['leave-one-generator-out', zs] > 0.65 and auc['leave-one-family-out', zs] > 0.7
     assert t[['AUC', 'AP', 'EER', 'acc @ val thr']].notna().all().all() and t.AUC.between(0, 1).all()
     assert sorted(p.name for p in (run/'figures').iterdir()) == ['confident_errors.png', 'per_generator_auc.png', 'robustness.png',
                                                                 'roc.png', 'score_distributions.png']
     rob = pd.read_csv(run/'robustness.csv')
     assert set(rob.setting) == {'clean', 'jpeg 50', 'blur 1'} and set(rob.detector) == set(t.detector) - {zs}
     m = json.loads((run/'metrics.json').read_text())
-    assert set(m['id']) == set(m['logo']) == {'linear-probe', 'mlp-head', 'prompt-adapter', zs} and m['wall_seconds'] > 0
+    assert set(m['id']) == set(m['logo']) == set(m['lofo']) == {'linear-probe', 'mlp-head', 'prompt-adapter', zs} and m['wall_seconds'] > 0
     assert m['reference']['id']['auc'] == pytest.approx(auc['in-distribution', ref], abs=1e-4)
     assert set(m['reference']['robustness']) == {'clean', 'jpeg 50', 'blur 1'}
     report = (run/'report.md').read_text()
     assert '| in-distribution | linear-probe |' in report and '![roc](figures/roc.png)' in report
     assert f'| in-distribution | {ref} |' in report
     assert f"the residual-spectrum reference reaches {auc['in-distribution', ref]:.3f}" in report   # the explanation quotes this run
+    assert f"({'vq'}: a kind of generator never seen in training)" in report and 'leave-one-family-out over 1 held-out family' in report
     assert "dflab's own tiny CLIP" in report and f"zero-shot prompts score AUC {auc['in-distribution', zs]:.3f}" in report
     assert (run/'train'/'id-linear-probe'/'best'/'model.safetensors').is_file()
     assert sorted(p.name for p in (ROOT/'figures').glob('*.png')) == figures     # copy_figures is off by default
+
+def test_quickstart_unknown_family_fails_clearly(tmp_path):
+    "A held-out family the benchmark does not have is named in a one-line error before any training."
+    r = sh('run', 'quickstart', '--no-preset', '--quiet', '-p', 'family_holdouts', '[diffusion]', '--out', tmp_path/'qs', timeout=600)
+    assert r.returncode == 1
+    assert "family_holdouts ['diffusion'] name no family of this benchmark; families: ['gan', 'ldm', 'pixdiff', 'vq']" in r.stderr
