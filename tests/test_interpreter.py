@@ -194,9 +194,11 @@ def test_prompt_reader_reads_a_prompts_own_embedding_back(I):
     one, more = reader.prompts(feats), ascent.prompts(feats)
     sim = lambda ps: (feats * reader.embed(ps)).sum(-1)
     assert (sim(more) >= sim(one) - 1e-6).all()              # re-reading in context never lowers the match
-    assert sum(a == b for a, b in zip(more, prompts)) >= 5
+    right = lambda got: sum(g[k] == t[k] for g, t in zip(got, truth) for k in t)
     got = reader.read(feats)                                  # one reading per slot: well above the 1/19 .. 1/5 of chance
-    assert sum(g[k] == t[k] for g, t in zip(got, truth) for k in t) >= 0.4 * 6 * len(truth)
+    assert right(got) >= 0.4 * 6 * len(truth)
+    assert right(ascent.read(feats)) >= max(right(got) + 3, 0.6 * 6 * len(truth))   # and re-reading gets more right
+    assert any(a == b for a, b in zip(more, prompts))
     assert all(I.prompt_slots(p)['objects'][0]['colour'] == t['colour'] for p, t in zip(prompts, truth))
     assert len(reader.image_features([])) == 0
     with pytest.raises(I.DflabError, match=r"image features \(N, 64\)"): reader.read(torch.zeros(2, 32))
