@@ -29,8 +29,9 @@ __all__ = ['load_run', 'encode_images', 'evaluate_run', 'predict_images', 'eval_
 
 # %% ../nbs/13b_evaluate.ipynb #8d56f800
 def load_run(run_dir, which:str='best'):
-    "(config, detector with its backbone attached, detector metadata) of a trained run."
+    "(config, detector with its backbone attached, detector metadata) of a trained run; warns if its backbone's weights changed."
     from dflab.backbones import load_backbone
+    from dflab.features.cache import cache_key
     run_dir = Path(run_dir)
     if not (run_dir/'config.yaml').is_file(): raise DflabError(f"not a dflab run directory (no config.yaml): {run_dir}")
     cfg = load_config(TrainRunConfig, run_dir/'config.yaml')
@@ -38,6 +39,10 @@ def load_run(run_dir, which:str='best'):
         raise DflabError(f"run {run_dir} has no trained model in {which}/")
     meta = read_detector_meta(run_dir/which)
     bb = load_backbone(meta.get('backbone', cfg.model.backbone))
+    key = meta.get('features_key')                  # the weights its features came from, if it trained on cached ones
+    if key and key != cache_key(bb):
+        _log.warning(f"run {run_dir.name} was trained on features of other weights than {bb.name} has now (cache key "
+                     f"{key[:12]}, now {cache_key(bb)[:12]}): its scores and threshold may not hold; train it again")
     det = load_detector(run_dir/which, backbone=bb)
     return cfg, det, meta
 

@@ -20,7 +20,8 @@ _log = get_logger(__name__)
 # %% auto #0
 __all__ = ['PRETRAIN_NAMESPACE', 'OPERATIONS', 'N_OPS', 'WEIGHTS_DIR', 'op_resample', 'op_jpeg', 'op_denoise', 'op_sharpen',
            'op_noise', 'op_colour', 'corpus_content', 'process', 'corpus_pair', 'build_corpus', 'PretrainConfig',
-           'create_tiny_clip', 'retrieval', 'clip_loss', 'pretrain_clip', 'save_pretrained', 'pretrain_main']
+           'create_tiny_clip', 'retrieval', 'clip_loss', 'pretrain_clip', 'save_pretrained', 'probe_report',
+           'pretrain_main']
 
 # %% ../nbs/10a_pretrain.ipynb #54cc9f51
 PRETRAIN_NAMESPACE = 'dflab-pretrain'   # seeds every draw of the corpus; the benchmark never uses it
@@ -295,6 +296,31 @@ def save_pretrained(model, path, record:dict|None=None) -> Path:
     rec = dict(record or {}); rec['sha256'] = hashlib.sha256(path.read_bytes()).hexdigest()
     with atomic_write(path.with_suffix('.json'), 'w') as f: json.dump(rec, f, indent=1)
     return path
+
+# %% ../nbs/10a_pretrain.ipynb #ea6102cb
+def probe_report(backbone:str='openclip:dflab-tiny', # a backbone name, e.g. a pretraining run's openclip:dflab-tiny@FILE
+                 scale:str='small', seed:int=0 # the embedded benchmark the probe is scored on
+                ) -> dict:
+    """Validation AUCs of a logistic-regression probe on the frozen embedding: over every generator, on partial fakes
+    (and the real images with an object), and with each generator family left out of the probe's training."""
+    from dflab.backbones import load_backbone
+    from dflab.baseline import fit_baseline
+    from dflab.features import extract
+    from dflab.metrics import roc_auc
+    from dflab.train import DataConfig, load_manifest, make_splits
+    data = DataConfig(benchmark=scale, benchmark_seed=seed, split_seed=seed)
+    m = load_manifest(data); sp = make_splits(m, data)
+    X = extract(m, load_backbone(backbone), progress=False)['final'].float().numpy()
+    y, fam = m.label.to_numpy().astype(int), m.family.astype(str).to_numpy()
+    train, val = (np.isin(np.arange(len(m)), sp[k]) for k in ('train', 'val'))
+    fit = lambda rows: fit_baseline(X[rows], y[rows], C=1.0)      # standardised features, logistic regression
+    held = {f: roc_auc(y[v], fit(train & (fam != f)).predict_proba(X[v])[:, 1])
+            for f in sorted(set(fam[y == 1])) for v in [val & ((fam == f) | (y == 0))]}
+    score = fit(train).predict_proba(X)[:, 1]
+    obj = val & (m.content.astype(str).to_numpy() == 'object')
+    return {'val AUC': roc_auc(y[val], score[val]), 'val AUC partial fakes': roc_auc(y[obj], score[obj]),
+            'family held out: mean val AUC': float(np.mean(list(held.values()))),
+            'family held out: worst val AUC': min(held.values()), 'per family': held}
 
 # %% ../nbs/10a_pretrain.ipynb #88df5a31
 def pretrain_main(argv:list[str]|None=None) -> int:

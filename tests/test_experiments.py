@@ -115,11 +115,10 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     assert set(t.detector) == {'linear-probe', 'mlp-head', 'prompt-adapter', zs, ref}
     assert len(t) == 15 and t.groupby('protocol')['n test'].nunique().eq(1).all()   # every row of a protocol on the same test rows
     # the forensic reference learns the benchmark (0.93-0.98 over benchmark seeds 0-4 at this size), and so do the
-    # shipped pretrained tiny CLIP's features, trained or zero-shot (a random-weight backbone stays near 0.5); at this
-    # size the probe takes ten optimiser steps, so its bar is lower than the zero-shot one
+    # shipped pretrained tiny CLIP's features, trained or zero-shot (a random-weight backbone stays near 0.5)
     auc = t.set_index(['protocol', 'detector']).AUC
     assert auc['in-distribution', ref] > 0.85 and auc['leave-one-generator-out', ref] > 0.8
-    assert auc['in-distribution', 'linear-probe'] > 0.6 and auc['in-distribution', zs] > 0.7
+    assert auc['in-distribution', 'linear-probe'] > 0.7 and auc['in-distribution', zs] > 0.7
     assert auc['leave-one-generator-out', zs] > 0.65 and auc['leave-one-family-out', zs] > 0.7
     assert t[['AUC', 'AP', 'EER', 'acc @ val thr']].notna().all().all() and t.AUC.between(0, 1).all()
     assert sorted(p.name for p in (run/'figures').iterdir()) == ['confident_errors.png', 'per_generator_auc.png', 'robustness.png',
