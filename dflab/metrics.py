@@ -16,9 +16,9 @@ def _sk():
 
 # %% auto #0
 __all__ = ['THRESHOLD_CRITERIA', 'check_binary', 'roc_points', 'roc_auc', 'average_precision', 'pr_points', 'eer', 'tpr_at_fpr',
-           'accuracy_at', 'choose_threshold', 'ece', 'bootstrap_ci', 'bootstrap_detection', 'rank_metrics',
-           'detection_metrics', 'breakdown', 'bench_metrics', 'bench_main', 'topk_accuracy', 'confusion_matrix',
-           'macro_f1', 'identification_metrics']
+           'accuracy_at', 'choose_threshold', 'ece', 'bootstrap_ci', 'paired_difference', 'bootstrap_detection',
+           'rank_metrics', 'detection_metrics', 'breakdown', 'bench_metrics', 'bench_main', 'topk_accuracy',
+           'confusion_matrix', 'macro_f1', 'identification_metrics']
 
 # %% ../nbs/14_metrics.ipynb #6c2082be
 def check_binary(y, # labels, 0 real / 1 fake
@@ -156,6 +156,25 @@ def bootstrap_ci(fn, # metric fn(y, score) -> float
     res = stats.bootstrap([groups[c] for c in free], stat, n_resamples=n_boot, confidence_level=1 - alpha,
                           method='percentile', vectorized=False, batch=100, rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+# %% ../nbs/14_metrics.ipynb #5f855291
+def paired_difference(a, # per-fold scores of the first detector (e.g. AUC per held-out generator)
+                      b, # the second's, on the same folds in the same order
+                      n_boot:int=10_000, alpha:float=0.05, seed:int=0) -> dict:
+    "Mean of a - b over paired folds, its percentile bootstrap (1 - alpha) interval over folds, and the folds where a >= b."
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 1 or a.shape != b.shape or not len(a):
+        raise DflabError(f"paired_difference needs two 1-d score arrays of the same non-zero length, got shapes "
+                         f"{a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()): raise DflabError("paired_difference: scores must be finite (no NaN)")
+    d = a - b
+    lo = hi = float(d.mean())
+    if len(d) > 1 and np.ptp(d) > 0:
+        from scipy import stats
+        ci = stats.bootstrap((d,), np.mean, n_resamples=n_boot, confidence_level=1 - alpha, method='percentile',
+                             rng=np.random.default_rng(seed)).confidence_interval
+        lo, hi = float(ci.low), float(ci.high)
+    return {'mean': float(d.mean()), 'lo': lo, 'hi': hi, 'wins': int((d >= 0).sum()), 'n': len(d)}
 
 # %% ../nbs/14_metrics.ipynb #e6213d90
 def _draw_counts(k:int, n_boot:int, rng) -> np.ndarray:
