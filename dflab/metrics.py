@@ -157,7 +157,7 @@ def bootstrap_ci(fn, # metric fn(y, score) -> float
                           method='percentile', vectorized=False, batch=100, rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
-# %% ../nbs/14_metrics.ipynb #5f855291
+# %% ../nbs/14_metrics.ipynb #91feefb7
 def paired_difference(a, # per-fold scores of the first detector (e.g. AUC per held-out generator)
                       b, # the second's, on the same folds in the same order
                       n_boot:int=10_000, alpha:float=0.05, seed:int=0) -> dict:

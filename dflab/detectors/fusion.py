@@ -16,7 +16,7 @@ from .coop import CoOp, CoCoOp, find_text_backbone
 # %% auto #0
 __all__ = ['LARE_STAGES', 'MATCHES', 'FUSES', 'TEXTS', 'pack_streams', 'unpack_streams', 'register_lare_source', 'lare_maps',
            'noise_maps', 'lare_available', 'cached_lare_maps', 'LareTokens', 'Fusion', 'FusionConcatAttention',
-           'FusionSumMLP', 'FusionSumAttention']
+           'FusionSumMLP', 'FusionSumAttention', 'stream_ablation']
 
 # %% ../../nbs/12e_detectors.fusion.ipynb #6c626a27
 def pack_streams(image:torch.Tensor, # (N, D) image features
@@ -150,11 +150,12 @@ class Fusion(Detector):
             tokens['text'] = nn.Sequential(nn.Linear(2, width), nn.LayerNorm(width))
         if image: tokens['image'] = nn.Sequential(nn.Linear(in_dim, width), nn.LayerNorm(width))
         self.streams = nn.ModuleDict(tokens)
-        n_tok = len(tokens)
+        self.token_streams = list(tokens)          # the stream of each token, in the order `tokens` stacks them
         if lare_shape:
             self.lare = LareTokens(lare_shape, width, lare_stage, grid, hidden)
             self.lare_norm = nn.LayerNorm(width)
-            n_tok += 1 if lare_stage == 'mlp' else self.lare.pool.output_size ** 2
+            self.token_streams += ['lare'] * (1 if lare_stage == 'mlp' else self.lare.pool.output_size ** 2)
+        n_tok = len(self.token_streams)
         matched = width * n_tok if match == 'concat' else width
         if fuse == 'attention':
             self.kind = nn.Parameter(torch.zeros(n_tok, width))             # which stream a token comes from
@@ -192,10 +193,12 @@ class Fusion(Detector):
         if maps is not None: out.append(self.lare_norm(self.lare(maps)))
         return torch.cat(out, 1)
 
-    def head(self, x):
-        t = self.tokens(x)
+    def fuse_tokens(self, t:torch.Tensor) -> torch.Tensor:
+        "Logits (B, 2) from stream tokens (B, S, width): attention (if any), shape matching, the output layer."
         if self.fuse_ == 'attention': t = self.attn(t + self.kind)
         return self.out(t.flatten(1) if self.match_ == 'concat' else t.sum(1))
+
+    def head(self, x): return self.fuse_tokens(self.tokens(x))
 
     @classmethod
     def cached_inputs(cls, manifest, features, in_dim:int, options:dict):
@@ -220,3 +223,23 @@ class FusionSumMLP(Fusion):
 class FusionSumAttention(Fusion):
     "Fusion: tokens summed after a self-attention layer over the streams."
     match, fuse = 'sum', 'attention'
+
+# %% ../../nbs/12e_detectors.fusion.ipynb #86395f3c
+def stream_ablation(model:Fusion, # a trained fusion detector
+                    x:torch.Tensor, # its packed features (image features, and LaRE maps if it has that stream)
+                    y) -> 'pd.DataFrame': # the rows' labels (0 real, 1 fake)
+    "AUC with every stream, then with each stream's tokens replaced by their mean over `x`, and the change."
+    import pandas as pd
+    from dflab.metrics import roc_auc
+    y = np.asarray(y)
+    model.eval()
+    with torch.no_grad():
+        t = model.tokens(x.float())
+        auc = lambda tok: roc_auc(y, Detector.scores(model.fuse_tokens(tok)).numpy())
+        full, rows = auc(t), []
+        for s in dict.fromkeys(model.token_streams):
+            idx = [i for i, n in enumerate(model.token_streams) if n == s]
+            ablated = t.clone(); ablated[:, idx] = t[:, idx].mean(0, keepdim=True)
+            rows.append({'stream ablated': s, 'AUC': auc(ablated)})
+    df = pd.DataFrame([{'stream ablated': 'none', 'AUC': full}] + rows)
+    return df.assign(change=df.AUC - full)
