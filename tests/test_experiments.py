@@ -143,3 +143,18 @@ def test_quickstart_unknown_family_fails_clearly(tmp_path):
     r = sh('run', 'quickstart', '--no-preset', '--quiet', '-p', 'family_holdouts', '[diffusion]', '--out', tmp_path/'qs', timeout=600)
     assert r.returncode == 1
     assert "family_holdouts ['diffusion'] name no family of this benchmark; families: ['gan', 'ldm', 'pixdiff', 'vq']" in r.stderr
+
+def test_fusion_ablation_runs_a_single_fusion_row(tmp_path):
+    "One fusion row alone (no single stream to compare with): the grid is still chosen on validation, the streams are ablated."
+    row = 'CoOp + LaRE (sum, MLP)'
+    r = sh('run', 'fusion-ablation', '--no-preset', '--quiet', '-p', 'rows', json.dumps([row]), '-p', 'holdouts', '[gan-v1]',
+           '-p', 'jpeg_qualities', '[]', '--out', tmp_path/'fa', timeout=600)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path/'fa'/'metrics.json').read_text())
+    assert list(metrics['rows']) == [row] and metrics['fusion_grids'][row] in (1, 4)
+    sel = pd.read_csv(tmp_path/'fa'/'fusion_selection.csv')
+    assert sorted(sel.grid) == [1, 4] and sel.kept.sum() == 1
+    abl = pd.read_csv(tmp_path/'fa'/'stream_ablation.csv')
+    assert list(abl.columns) == ['row', 'AUC', 'without text', 'without image', 'without lare']
+    assert abl['without image'].item() < -0.05        # the tiny benchmark's image features carry the decision
+    assert f"The best fusion, {row}, reaches" in (tmp_path/'fa'/'report.md').read_text()
