@@ -16,9 +16,9 @@ def _sk():
 
 # %% auto #0
 __all__ = ['THRESHOLD_CRITERIA', 'check_binary', 'roc_points', 'roc_auc', 'average_precision', 'pr_points', 'eer', 'tpr_at_fpr',
-           'accuracy_at', 'choose_threshold', 'ece', 'bootstrap_ci', 'paired_difference', 'bootstrap_detection',
-           'rank_metrics', 'detection_metrics', 'breakdown', 'bench_metrics', 'bench_main', 'topk_accuracy',
-           'confusion_matrix', 'macro_f1', 'identification_metrics']
+           'accuracy_at', 'choose_threshold', 'ece', 'bootstrap_ci', 'paired_difference', 'paired_table',
+           'bootstrap_detection', 'rank_metrics', 'detection_metrics', 'breakdown', 'bench_metrics', 'bench_main',
+           'topk_accuracy', 'confusion_matrix', 'macro_f1', 'identification_metrics']
 
 # %% ../nbs/14_metrics.ipynb #6c2082be
 def check_binary(y, # labels, 0 real / 1 fake
@@ -167,6 +167,7 @@ def paired_difference(a, # per-fold scores of the first detector (e.g. AUC per h
         raise DflabError(f"paired_difference needs two 1-d score arrays of the same non-zero length, got shapes "
                          f"{a.shape} and {b.shape}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()): raise DflabError("paired_difference: scores must be finite (no NaN)")
+    if not 0 < alpha < 1: raise DflabError(f"paired_difference: alpha must be in (0, 1), got {alpha}")
     d = a - b
     lo = hi = float(d.mean())
     if len(d) > 1 and np.ptp(d) > 0:
@@ -175,6 +176,21 @@ def paired_difference(a, # per-fold scores of the first detector (e.g. AUC per h
                              rng=np.random.default_rng(seed)).confidence_interval
         lo, hi = float(ci.low), float(ci.high)
     return {'mean': float(d.mean()), 'lo': lo, 'hi': hi, 'wins': int((d >= 0).sum()), 'n': len(d)}
+
+# %% ../nbs/14_metrics.ipynb #46131723
+def paired_table(scores:pd.DataFrame, # per-fold scores: one row per fold, one column per detector
+                 pairs, # (A, B) column pairs to compare
+                 n_boot:int=10_000, alpha:float=0.05, seed:int=0) -> pd.DataFrame:
+    "One row per pair: A, B, the mean of A - B, its bootstrap interval over folds ('one fold' if one), folds where A >= B."
+    missing = sorted({c for pair in pairs for c in pair} - set(scores.columns))
+    if missing: raise DflabError(f"paired_table: no scores for {missing}; the table has {list(scores.columns)}")
+    ci = f'{1 - alpha:.0%} interval'
+    rows = []
+    for a, b in pairs:
+        r = paired_difference(scores[a], scores[b], n_boot, alpha, seed)
+        rows.append({'A': a, 'B': b, 'mean A - B': round(r['mean'], 4),
+                     ci: f"[{r['lo']:+.3f}, {r['hi']:+.3f}]" if r['n'] > 1 else 'one fold', 'folds A >= B': f"{r['wins']}/{r['n']}"})
+    return pd.DataFrame(rows, columns=['A', 'B', 'mean A - B', ci, 'folds A >= B'])
 
 # %% ../nbs/14_metrics.ipynb #e6213d90
 def _draw_counts(k:int, n_boot:int, rng) -> np.ndarray:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -227,9 +228,8 @@ class FusionSumAttention(Fusion):
 # %% ../../nbs/12e_detectors.fusion.ipynb #86395f3c
 def stream_ablation(model:Fusion, # a trained fusion detector
                     x:torch.Tensor, # its packed features (image features, and LaRE maps if it has that stream)
-                    y) -> 'pd.DataFrame': # the rows' labels (0 real, 1 fake)
+                    y) -> pd.DataFrame: # the rows' labels (0 real, 1 fake)
     "AUC with every stream, then with each stream's tokens replaced by their mean over `x`, and the change."
-    import pandas as pd
     from dflab.metrics import roc_auc
     y = np.asarray(y)
     model.eval()
